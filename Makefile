@@ -1,0 +1,42 @@
+# pvsd: `make demo` runs the main job on the embedded defaults, `make test` runs every test.
+# Both work on a fresh Debian machine as root: they install what they need.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+PVSD   := $(BIN)/pvsd
+
+# Debian packages the tests drive for real (PostgreSQL is started by the tests themselves).
+DEBIAN_PACKAGES := postgresql
+
+.PHONY: test demo lint typecheck pytest debian-deps clean
+
+$(BIN)/python:
+	@scripts/install-debian-deps python-venv
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+$(VENV)/.installed: $(BIN)/python pyproject.toml
+	$(BIN)/pip install --quiet -e '.[test]'
+	@touch $@
+
+debian-deps:
+	@scripts/install-debian-deps $(DEBIAN_PACKAGES)
+
+lint: $(VENV)/.installed
+	$(BIN)/ruff check pvsd tests bench
+	$(BIN)/ruff format --check pvsd tests bench
+
+typecheck: $(VENV)/.installed
+	$(BIN)/mypy
+
+pytest: $(VENV)/.installed debian-deps
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+test: lint typecheck pytest
+
+demo: $(VENV)/.installed
+	@scripts/demo.sh
+
+clean:
+	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache .hypothesis

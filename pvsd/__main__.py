@@ -1,0 +1,3 @@
+from pvsd.cli import main
+
+raise SystemExit(main())

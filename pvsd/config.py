@@ -1,0 +1,339 @@
+"""The configuration: TOML file, then PVSD_<SECTION>__<KEY> environment variables, then flags.
+
+Every key is declared once, here, with its type, default, check and one line of help;
+`conf/pvsd.toml` lists them all and a test keeps the two in step. The result is a tree
+of frozen dataclasses. Any wrong key, type or value raises ConfigError naming the key
+and the reason, which the command line turns into exit code 2.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import ipaddress
+import os
+import re
+import socket
+import tomllib
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pvsd.errors import BadInput
+from pvsd.names import NAME_PATTERN, NAME_RULE
+
+__all__ = [
+    "ApiConfig",
+    "Config",
+    "ConfigError",
+    "DhcpConfig",
+    "FarmConfig",
+    "LogConfig",
+    "LoginConfig",
+    "ServerConfig",
+    "StreamConfig",
+    "TftpConfig",
+    "default_table",
+    "load_config",
+]
+
+ENV_PREFIX = "PVSD_"
+CONFIG_ENV = "PVSD_CONFIG"
+
+Check = Callable[[Any], str | None]
+
+
+class ConfigError(BadInput):
+    """A config key is unknown, of the wrong type, or has a bad value."""
+
+    def __init__(self, key: str, reason: str, source: str = "") -> None:
+        where = f" (from {source})" if source else ""
+        super().__init__(f"config key {key}{where}: {reason}")
+        self.key = key
+        self.reason = reason
+
+
+def _key(default: Any, help: str, check: Check | None = None) -> Any:
+    return field(default=default, metadata={"help": help, "check": check})
+
+
+# -- value checks: each returns the reason a value is wrong, or None --------------------------------
+
+
+
+def _port(value: int) -> str | None:
+    return None if 1 <= value <= 65535 else f"{value} is not a port number (1-65535)"
+
+
+def _positive(value: float) -> str | None:
+    return None if value > 0 else f"{value} must be greater than 0"
+
+
+def _ipv4(value: str) -> str | None:
+    try:
+        ipaddress.IPv4Address(value)
+    except ValueError:
+        return f"{value!r} is not an IPv4 address"
+    return None
+
+
+def _ipv4_or_empty(value: str) -> str | None:
+    return None if value == "" else _ipv4(value)
+
+
+def _name_or_empty(value: str) -> str | None:
+    if value == "" or NAME_PATTERN.fullmatch(value):
+        return None
+    return f"{value!r} is not a valid name: use {NAME_RULE}"
+
+
+def _database_url(value: str) -> str | None:
+    if value.startswith("sqlite:///") and len(value) > len("sqlite:///"):
+        return None
+    if value.startswith(("postgresql://", "postgres://")):
+        return None
+    return f"{value!r} is not a database URL: use sqlite:///RELATIVE/PATH, sqlite:////ABSOLUTE/PATH or postgresql://..."
+
+
+def _log_level(value: str) -> str | None:
+    levels = ("debug", "info", "warning", "error")
+    return None if value in levels else f"{value!r} is not one of {', '.join(levels)}"
+
+
+def _port_range(value: str) -> str | None:
+    match = re.fullmatch(r"(\d+)-(\d+)", value)
+    if not match:
+        return f"{value!r} is not a port range like 6911-6930"
+    first, last = int(match[1]), int(match[2])
+    if not (1 <= first <= last <= 65535):
+        return f"{value!r} is not a range of ports within 1-65535, first <= last"
+    return None
+
+
+def _workers(value: int) -> str | None:
+    return None if value >= 0 else f"{value} must be 0 (one per CPU) or more"
+
+
+# -- the sections -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    name: str = _key("", "this server's name in the farm; empty means the host name", _name_or_empty)
+    address: str = _key("127.0.0.1", "the IPv4 address targets use to reach this server (advertised)", _ipv4)
+    bind: str = _key("", "the address the services listen on; empty means the advertised address", _ipv4_or_empty)
+    store: str = _key("var/store", "the folder holding this server's vDisk images")
+    user: str = _key("", "when started as root, switch to this user after binding the ports; empty keeps root")
+    power: float = _key(1.0, "power rating for load balancing: a server rated 2 takes twice the sessions", _positive)
+    site: str = _key("", "the site this server belongs to; empty for none", _name_or_empty)
+
+
+@dataclass(frozen=True)
+class FarmConfig:
+    database: str = _key(
+        "sqlite:///var/farm.db", "the farm store: sqlite:///PATH (one host) or postgresql://... (many)", _database_url
+    )
+    heartbeat_interval: float = _key(2.0, "seconds between heartbeats this server writes to the farm", _positive)
+    dead_after: float = _key(8.0, "seconds without a heartbeat before a server counts as dead", _positive)
+    auto_add: bool = _key(False, "create unknown devices at their first login, from a template")
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    level: str = _key("info", "least severe level logged: debug, info, warning or error", _log_level)
+
+
+@dataclass(frozen=True)
+class TftpConfig:
+    enabled: bool = _key(True, "serve the boot files over TFTP (not built yet)")
+    port: int = _key(69, "UDP port of the TFTP service", _port)
+
+
+@dataclass(frozen=True)
+class DhcpConfig:
+    enabled: bool = _key(True, "answer PXE clients as a proxy DHCP server (not built yet)")
+    port: int = _key(67, "UDP port of the proxy DHCP service", _port)
+    pxe_port: int = _key(4011, "UDP port of the PXE boot-server service", _port)
+
+
+@dataclass(frozen=True)
+class LoginConfig:
+    enabled: bool = _key(True, "accept target logins (not built yet)")
+    port: int = _key(6910, "UDP port of the login service", _port)
+
+
+@dataclass(frozen=True)
+class StreamConfig:
+    enabled: bool = _key(True, "stream vDisks to targets (not built yet)")
+    ports: str = _key("6911-6930", "UDP port range of the I/O workers, one port per worker", _port_range)
+    workers: int = _key(0, "number of I/O worker processes; 0 means one per CPU", _workers)
+
+
+@dataclass(frozen=True)
+class ApiConfig:
+    enabled: bool = _key(True, "serve the HTTP API, dashboard and metrics (not built yet)")
+    port: int = _key(54321, "TCP port of the HTTP API", _port)
+
+
+@dataclass(frozen=True)
+class Config:
+    server: ServerConfig = field(default_factory=ServerConfig)
+    farm: FarmConfig = field(default_factory=FarmConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    tftp: TftpConfig = field(default_factory=TftpConfig)
+    dhcp: DhcpConfig = field(default_factory=DhcpConfig)
+    login: LoginConfig = field(default_factory=LoginConfig)
+    stream: StreamConfig = field(default_factory=StreamConfig)
+    api: ApiConfig = field(default_factory=ApiConfig)
+
+
+def _sections() -> dict[str, type[Any]]:
+    return {name: typ for name, typ in typing.get_type_hints(Config).items()}
+
+
+def default_table() -> dict[str, dict[str, Any]]:
+    """The defaults as a TOML-shaped table, before host-dependent values are filled in."""
+    return dataclasses.asdict(Config())
+
+
+# -- loading ------------------------------------------------------------------------------------------
+
+
+def load_config(
+    path: str | None = None,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Config:
+    """Build the config from defaults, the file, the environment and flag overrides, in that order.
+
+    `path` falls back to $PVSD_CONFIG; with neither, only the built-in defaults are used.
+    `overrides` maps "section.key" to already-typed values (from command-line flags).
+    """
+    env = os.environ if environ is None else environ
+    path = path or env.get(CONFIG_ENV) or None
+    merged: dict[str, dict[str, tuple[Any, str]]] = {}
+    if path is not None:
+        for section, table in _read_file(path).items():
+            for key, value in table.items():
+                merged.setdefault(section, {})[key] = (value, path)
+    for section, key, value, var in _environment(env):
+        merged.setdefault(section, {})[key] = (value, f"${var}")
+    for dotted, value in (overrides or {}).items():
+        section, key = dotted.split(".", 1)
+        merged.setdefault(section, {})[key] = (value, "command line")
+    return _resolve(_build(merged))
+
+
+def _read_file(path: str) -> dict[str, dict[str, Any]]:
+    try:
+        with Path(path).open("rb") as stream:
+            document = tomllib.load(stream)
+    except FileNotFoundError:
+        raise BadInput(f"config file {path} not found") from None
+    except tomllib.TOMLDecodeError as error:
+        raise BadInput(f"config file {path} is not valid TOML: {error}") from None
+    except OSError as error:
+        raise BadInput(f"config file {path} cannot be read: {error.strerror}") from None
+    sections = _sections()
+    for section, table in document.items():
+        if section not in sections:
+            raise ConfigError(section, f"unknown section{_suggest(section, sections)}", path)
+        if not isinstance(table, dict):
+            raise ConfigError(section, "must be a [section] table", path)
+    return document
+
+
+def _environment(env: Mapping[str, str]) -> list[tuple[str, str, str, str]]:
+    found = []
+    for var, value in sorted(env.items()):
+        if not var.startswith(ENV_PREFIX) or "__" not in var:
+            continue
+        section, _, key = var[len(ENV_PREFIX) :].lower().partition("__")
+        if section not in _sections():
+            raise ConfigError(f"{section}.{key}", f"unknown section{_suggest(section, _sections())}", f"${var}")
+        found.append((section, key, value, var))
+    return found
+
+
+def _build(merged: dict[str, dict[str, tuple[Any, str]]]) -> Config:
+    built = {}
+    for section, cls in _sections().items():
+        given = merged.get(section, {})
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        hints = typing.get_type_hints(cls)
+        values = {}
+        for key, (value, source) in given.items():
+            dotted = f"{section}.{key}"
+            if key not in fields:
+                raise ConfigError(dotted, f"unknown key{_suggest(key, fields)}", source)
+            typed = _typed(value, hints[key], dotted, source)
+            check = fields[key].metadata.get("check")
+            reason = check(typed) if check else None
+            if reason:
+                raise ConfigError(dotted, reason, source)
+            values[key] = typed
+        built[section] = cls(**values)
+    config = Config(**built)
+    if config.farm.dead_after <= config.farm.heartbeat_interval:
+        raise ConfigError(
+            "farm.dead_after",
+            f"{config.farm.dead_after} must be longer than farm.heartbeat_interval "
+            f"({config.farm.heartbeat_interval}), or live servers would be reported dead",
+        )
+    return config
+
+
+def _typed(value: Any, typ: type[Any], key: str, source: str) -> Any:
+    """Check a TOML value against the key's type; strings from the environment are parsed first."""
+    from_env = source.startswith("$") and isinstance(value, str)
+    if typ is bool:
+        if from_env:
+            lowered = value.strip().lower()
+            if lowered in ("1", "true", "yes", "on"):
+                return True
+            if lowered in ("0", "false", "no", "off"):
+                return False
+        elif isinstance(value, bool):
+            return value
+        raise ConfigError(key, f"expected true or false, got {value!r}", source)
+    if typ is int:
+        if from_env:
+            try:
+                return int(value.strip())
+            except ValueError:
+                pass
+        elif isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(key, f"expected a whole number, got {value!r}", source)
+    if typ is float:
+        if from_env:
+            try:
+                return float(value.strip())
+            except ValueError:
+                pass
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(key, f"expected a number, got {value!r}", source)
+    if typ is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(key, f"expected a string, got {value!r}", source)
+    raise AssertionError(f"config key {key} has a type the loader does not know: {typ}")
+
+
+def _suggest(name: str, known: Mapping[str, Any] | dict[str, Any]) -> str:
+    close = difflib.get_close_matches(name, list(known), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _resolve(config: Config) -> Config:
+    """Fill in the defaults that depend on the host or on other keys."""
+    server = config.server
+    if not server.name:
+        hostname = socket.gethostname().split(".")[0]
+        server = dataclasses.replace(server, name=hostname if NAME_PATTERN.fullmatch(hostname) else "pvsd")
+    if not server.bind:
+        server = dataclasses.replace(server, bind=server.address)
+    return dataclasses.replace(config, server=server)

@@ -1,0 +1,84 @@
+"""`pvsd serve`: join the farm, run the enabled services, heartbeat, and leave cleanly on a signal."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+
+import structlog
+
+from pvsd.config import Config
+from pvsd.farm.membership import Membership
+from pvsd.farm.store import FarmStore, open_store
+from pvsd.privileges import drop_privileges
+
+__all__ = ["advertised_ports", "serve"]
+
+
+def advertised_ports(config: Config) -> dict[str, int]:
+    """The ports other servers and targets need to reach this one, as recorded in the farm."""
+    first, last = (int(part) for part in config.stream.ports.split("-"))
+    return {
+        "tftp": config.tftp.port,
+        "dhcp": config.dhcp.port,
+        "pxe": config.dhcp.pxe_port,
+        "login": config.login.port,
+        "stream_first": first,
+        "stream_last": last,
+        "api": config.api.port,
+    }
+
+
+async def serve(config: Config, actor: str, log: structlog.stdlib.BoundLogger) -> None:
+    """Run one server until SIGTERM or SIGINT. Errors meant for the user propagate as PvsdError."""
+    loop = asyncio.get_running_loop()
+    stopping = asyncio.Event()
+    # Installed first, so that a signal during start-up still ends in a clean leave.
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stopping.set)
+
+    store: FarmStore = await asyncio.to_thread(open_store, config.farm.database, actor)
+    try:
+        membership = Membership(
+            store,
+            log,
+            name=config.server.name,
+            address=config.server.address,
+            ports=advertised_ports(config),
+            power=config.server.power,
+            site=config.server.site or None,
+            heartbeat_interval=config.farm.heartbeat_interval,
+            dead_after=config.farm.dead_after,
+        )
+        if config.server.address.startswith("127."):
+            log.warning(
+                "advertising a loopback address: only targets on this host can reach this server",
+                address=config.server.address,
+                hint="set [server] address to this host's address on the boot network",
+            )
+        await membership.join()
+        try:
+            if drop_privileges(config.server.user):
+                log.info("switched user after binding", user=config.server.user)
+            log.info(
+                "serving",
+                server=config.server.name,
+                address=config.server.address,
+                bind=config.server.bind,
+                database=store.url,
+            )
+            heartbeats = asyncio.create_task(membership.run(), name="heartbeat")
+            stop_wait = asyncio.create_task(stopping.wait(), name="stop")
+            done, pending = await asyncio.wait({heartbeats, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+            for task in pending:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            if heartbeats in done:
+                heartbeats.result()  # only ends by raising, e.g. MembershipLost
+            log.info("stopping on signal", server=config.server.name)
+        finally:
+            await membership.leave()
+    finally:
+        await asyncio.to_thread(store.close)

@@ -1,0 +1,128 @@
+"""Membership: this server joins the farm, proves it is alive with heartbeats, and leaves cleanly.
+
+A server whose heartbeat is older than [farm] dead_after is dead to the others. When
+the database is unreachable the server keeps serving and says so in its log, once at
+the start of the outage, every OUTAGE_REMINDER_S while it lasts, and when it ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import socket
+from collections.abc import Mapping
+
+import structlog
+
+from pvsd.errors import Failure
+from pvsd.farm.errors import StoreUnavailable
+from pvsd.farm.records import HeartbeatResult, Server
+from pvsd.farm.store import FarmStore
+
+__all__ = ["Membership", "MembershipLost", "new_instance_token"]
+
+OUTAGE_REMINDER_S = 30.0
+
+
+class MembershipLost(Failure):
+    """Another process registered under this server's name: two servers must not share one."""
+
+
+def new_instance_token() -> str:
+    """Names one run of one server process, so a heartbeat can tell itself from an impostor's."""
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+
+
+class Membership:
+    def __init__(
+        self,
+        store: FarmStore,
+        log: structlog.stdlib.BoundLogger,
+        *,
+        name: str,
+        address: str,
+        ports: Mapping[str, int],
+        power: float,
+        site: str | None,
+        heartbeat_interval: float,
+        dead_after: float,
+    ) -> None:
+        self.store = store
+        self.log = log
+        self.name = name
+        self.address = address
+        self.ports = dict(ports)
+        self.power = power
+        self.site = site
+        self.heartbeat_interval = heartbeat_interval
+        self.dead_after = dead_after
+        self.instance = new_instance_token()
+        self._outage_started: float | None = None
+        self._outage_reported: float = 0.0
+
+    async def join(self) -> Server:
+        server = await asyncio.to_thread(
+            self.store.register_server,
+            self.name,
+            self.address,
+            self.ports,
+            self.power,
+            self.instance,
+            self.dead_after,
+            self.site,
+        )
+        self.log.info("joined the farm", server=self.name, address=self.address, instance=self.instance)
+        return server
+
+    async def run(self) -> None:
+        """Heartbeat until cancelled; raises MembershipLost if another process takes the name."""
+        loop = asyncio.get_running_loop()
+        while True:
+            started = loop.time()
+            await self.beat(started)
+            await asyncio.sleep(max(0.0, self.heartbeat_interval - (loop.time() - started)))
+
+    async def beat(self, now: float) -> None:
+        try:
+            result = await asyncio.to_thread(self.store.heartbeat, self.name, self.instance)
+        except StoreUnavailable as error:
+            self._database_down(now, str(error))
+            return
+        self._database_up(now)
+        if result is HeartbeatResult.MISSING:
+            self.log.warning("this server's farm record was removed; registering again", server=self.name)
+            await self.join()
+        elif result is HeartbeatResult.TAKEN:
+            raise MembershipLost(
+                f"another pvsd process registered as server {self.name!r}; this one stops "
+                "so that two servers never answer under one name"
+            )
+
+    async def leave(self) -> None:
+        try:
+            owned = await asyncio.to_thread(self.store.stop_server, self.name, self.instance)
+        except StoreUnavailable as error:
+            self.log.warning(
+                "could not mark this server stopped; the farm will see it dead after dead_after",
+                error=str(error),
+                dead_after=self.dead_after,
+            )
+            return
+        if owned:
+            self.log.info("left the farm", server=self.name)
+
+    def _database_down(self, now: float, error: str) -> None:
+        if self._outage_started is None:
+            self._outage_started = self._outage_reported = now
+            self.log.warning("farm database unreachable; serving on from what is known", error=error)
+        elif now - self._outage_reported >= OUTAGE_REMINDER_S:
+            self._outage_reported = now
+            self.log.warning(
+                "farm database still unreachable", error=error, outage_s=round(now - self._outage_started, 1)
+            )
+
+    def _database_up(self, now: float) -> None:
+        if self._outage_started is not None:
+            self.log.info("farm database reachable again", outage_s=round(now - self._outage_started, 1))
+            self._outage_started = None

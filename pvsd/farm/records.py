@@ -1,0 +1,180 @@
+"""What the farm store holds, as frozen dataclasses, and the states things can be in.
+
+Times are seconds since the epoch as seen by the database's clock, so that servers on
+hosts whose clocks disagree still agree on how old a heartbeat is.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+__all__ = [
+    "AccessMode",
+    "AuditEntry",
+    "DeviceType",
+    "Device",
+    "Farm",
+    "HeartbeatResult",
+    "Replica",
+    "ReplicaState",
+    "Server",
+    "ServerHealth",
+    "ServerState",
+    "Session",
+    "Site",
+    "VDisk",
+    "VDiskVersion",
+    "VersionState",
+]
+
+
+class ServerState(enum.StrEnum):
+    """What a server last said about itself."""
+
+    RUNNING = "running"
+    STOPPED = "stopped"
+
+
+class ServerHealth(enum.StrEnum):
+    """What the farm concludes: a running server whose heartbeat is too old is dead."""
+
+    ALIVE = "alive"
+    DEAD = "dead"
+    STOPPED = "stopped"
+
+
+class HeartbeatResult(enum.StrEnum):
+    OK = "ok"
+    MISSING = "missing"  # the server's record was removed (pvsd server remove)
+    TAKEN = "taken"  # another process registered under this name since
+
+
+class DeviceType(enum.StrEnum):
+    """As in PVS: which vDisk version a device boots."""
+
+    PRODUCTION = "production"
+    TEST = "test"
+    MAINTENANCE = "maintenance"
+
+
+class AccessMode(enum.StrEnum):
+    """PVS vDisk access modes: one writer to the image, or shared read-only plus a write cache."""
+
+    PRIVATE = "private"
+    STANDARD = "standard"
+
+
+class VersionState(enum.StrEnum):
+    """A vDisk version moves maintenance -> test -> production."""
+
+    MAINTENANCE = "maintenance"
+    TEST = "test"
+    PRODUCTION = "production"
+
+
+class ReplicaState(enum.StrEnum):
+    """A server's copy of one vDisk version."""
+
+    MISSING = "missing"
+    COPYING = "copying"
+    VERIFIED = "verified"
+    BAD = "bad"
+
+
+@dataclass(frozen=True)
+class Farm:
+    name: str
+    secret: str
+    created_at: float
+    schema_version: int
+
+
+@dataclass(frozen=True)
+class Site:
+    name: str
+    description: str
+    created_at: float
+
+
+@dataclass(frozen=True)
+class Server:
+    name: str
+    address: str
+    ports: Mapping[str, int]
+    power: float
+    site: str | None
+    state: ServerState
+    instance: str
+    started_at: float | None
+    last_heartbeat: float | None
+    heartbeat_age: float | None  # seconds, by the database's clock, when the record was read
+
+    def health(self, dead_after: float) -> ServerHealth:
+        if self.state is ServerState.STOPPED:
+            return ServerHealth.STOPPED
+        if self.heartbeat_age is None or self.heartbeat_age > dead_after:
+            return ServerHealth.DEAD
+        return ServerHealth.ALIVE
+
+
+@dataclass(frozen=True)
+class VDiskVersion:
+    vdisk: str
+    number: int
+    state: VersionState
+    sha256: str | None
+    created_at: float
+
+
+@dataclass(frozen=True)
+class VDisk:
+    name: str
+    size: int
+    sector_size: int
+    mode: AccessMode
+    created_at: float
+    versions: tuple[VDiskVersion, ...]
+
+
+@dataclass(frozen=True)
+class Device:
+    mac: str
+    name: str
+    site: str | None
+    vdisk: str | None
+    enabled: bool
+    type: DeviceType
+    created_at: float
+
+
+@dataclass(frozen=True)
+class Replica:
+    server: str
+    vdisk: str
+    version: int
+    sha256: str | None
+    state: ReplicaState
+    verified_at: float | None
+
+
+@dataclass(frozen=True)
+class Session:
+    id: int
+    mac: str
+    device: str
+    server: str
+    io_port: int
+    since: float
+    last_seen: float
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    id: int
+    at: float
+    actor: str
+    action: str
+    subject: str
+    detail: str

@@ -1,0 +1,82 @@
+"""The embedded backend: one SQLite file in WAL mode, shared by every pvsd on one host."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from pvsd.farm.backend import Connection, Cursor
+from pvsd.farm.errors import FarmNotInitialised, StoreUnavailable
+
+__all__ = ["SqliteBackend"]
+
+# How long a writer waits for another process's write transaction before giving up.
+BUSY_TIMEOUT_MS = 10_000
+
+
+class SqliteBackend:
+    kind = "sqlite"
+
+    def __init__(self, url: str) -> None:
+        # sqlite:///relative/path and sqlite:////absolute/path, as SQLAlchemy spells them.
+        self.path = Path(url.removeprefix("sqlite:///"))
+        self.display_url = url
+
+    def connect(self, create: bool) -> Connection:
+        if not create and not self.path.exists():
+            raise FarmNotInitialised(
+                f"no farm database at {self.path}: run `pvsd farm init` first (or set [farm] database)"
+            )
+        try:
+            if create:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            connection = sqlite3.connect(
+                self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False
+            )
+            connection.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            connection.execute("PRAGMA journal_mode = WAL")
+            connection.execute("PRAGMA synchronous = NORMAL")
+            connection.execute("PRAGMA foreign_keys = ON")
+        except (sqlite3.Error, OSError) as error:
+            raise StoreUnavailable(f"cannot open farm database {self.path}: {error}") from error
+        return connection
+
+    @contextmanager
+    def transaction(self, connection: Connection, write: bool) -> Iterator[Cursor]:
+        assert isinstance(connection, sqlite3.Connection)
+        cursor = connection.cursor()
+        # IMMEDIATE takes the write lock up front, so two writers queue on busy_timeout
+        # instead of one failing with "database is locked" when it upgrades its lock.
+        cursor.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+        try:
+            yield cursor
+        except BaseException:
+            connection.rollback()
+            raise
+        else:
+            connection.commit()
+        finally:
+            cursor.close()
+
+    def sql(self, text: str) -> str:
+        return text.replace("{now}", "((julianday('now') - 2440587.5) * 86400.0)")
+
+    def ddl(self, text: str) -> str:
+        return text.replace("{pk}", "INTEGER PRIMARY KEY AUTOINCREMENT").replace("{real}", "REAL")
+
+    def has_table(self, cursor: Cursor, name: str) -> bool:
+        cursor.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,))
+        return cursor.fetchone() is not None
+
+    def lock_schema(self, cursor: Cursor) -> None:
+        """BEGIN IMMEDIATE already holds the database's single write lock."""
+
+    def is_integrity_error(self, error: BaseException) -> bool:
+        return isinstance(error, sqlite3.IntegrityError)
+
+    def is_unavailable_error(self, error: BaseException) -> bool:
+        return isinstance(error, sqlite3.OperationalError | sqlite3.DatabaseError) and not isinstance(
+            error, sqlite3.IntegrityError
+        )

@@ -1,0 +1,823 @@
+"""The farm store: the one interface every pvsd uses to share the farm, over SQLite or PostgreSQL.
+
+Methods are synchronous and thread-safe (one connection, one lock); the asyncio side
+calls them through `asyncio.to_thread`. Every change writes an audit entry in the same
+transaction; heartbeats and session keepalives are not changes and are not audited.
+A lost connection raises StoreUnavailable and is reopened by the next call.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import secrets
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar
+
+from pvsd.farm.backend import Backend, Connection, Cursor
+from pvsd.farm.errors import (
+    AlreadyExists,
+    Conflict,
+    FarmNotInitialised,
+    NotFound,
+    SchemaMismatch,
+    StoreError,
+    StoreUnavailable,
+)
+from pvsd.farm.records import (
+    AccessMode,
+    AuditEntry,
+    Device,
+    DeviceType,
+    Farm,
+    HeartbeatResult,
+    Replica,
+    ReplicaState,
+    Server,
+    ServerHealth,
+    ServerState,
+    Session,
+    Site,
+    VDisk,
+    VDiskVersion,
+    VersionState,
+)
+from pvsd.farm.schema import LATEST_VERSION, MIGRATIONS
+from pvsd.errors import BadInput
+from pvsd.names import check_name
+from pvsd.net.mac import parse_mac
+
+__all__ = ["UNSET", "FarmStore", "Unset", "backend_for", "init_farm", "open_store"]
+
+T = TypeVar("T")
+
+SECTOR_SIZES = (512, 4096)
+
+
+class Unset(enum.Enum):
+    """Marks a field that an update leaves alone (None would mean "clear it")."""
+
+    UNSET = "unset"
+
+
+UNSET = Unset.UNSET
+
+_DEVICE_SELECT = """
+    SELECT d.mac, d.name, si.name, v.name, d.enabled, d.type, d.created_at
+    FROM devices d LEFT JOIN sites si ON si.id = d.site_id LEFT JOIN vdisks v ON v.id = d.vdisk_id"""
+
+_SERVER_SELECT = """
+    SELECT sv.name, sv.address, sv.ports, sv.power, si.name, sv.state, sv.instance,
+           sv.started_at, sv.last_heartbeat, {now} - sv.last_heartbeat
+    FROM servers sv LEFT JOIN sites si ON si.id = sv.site_id"""
+
+_SESSION_SELECT = """
+    SELECT se.id, d.mac, d.name, sv.name, se.io_port, se.since, se.last_seen
+    FROM sessions se JOIN devices d ON d.id = se.device_id JOIN servers sv ON sv.id = se.server_id"""
+
+
+def backend_for(url: str) -> Backend:
+    """The backend for a database URL (the config has already checked its form)."""
+    if url.startswith("sqlite:///"):
+        from pvsd.farm.sqlite import SqliteBackend
+
+        return SqliteBackend(url)
+    if url.startswith(("postgresql://", "postgres://")):
+        from pvsd.farm.postgres import PostgresBackend
+
+        return PostgresBackend(url)
+    raise BadInput(f"unsupported farm database URL {url!r}: use sqlite:///PATH or postgresql://...")
+
+
+def open_store(url: str, actor: str) -> FarmStore:
+    """Open an initialised farm, upgrading its schema in place if an older pvsd wrote it."""
+    store = FarmStore(backend_for(url), actor)
+    try:
+        store.check_schema(upgrade=True)
+    except BaseException:
+        store.close()
+        raise
+    return store
+
+
+def init_farm(url: str, name: str, actor: str) -> tuple[FarmStore, Farm, bool]:
+    """Create the farm (schema and secret) if absent; return the store, the farm and whether it was new."""
+    check_name("farm", name)
+    store = FarmStore(backend_for(url), actor, create=True)
+    try:
+        store.migrate()
+        farm, created = store.create_farm(name)
+    except BaseException:
+        store.close()
+        raise
+    return store, farm, created
+
+
+class FarmStore:
+    def __init__(self, backend: Backend, actor: str, create: bool = False) -> None:
+        self.backend = backend
+        self.actor = actor
+        self._create = create
+        self._connection: Connection | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def url(self) -> str:
+        return self.backend.display_url
+
+    def close(self) -> None:
+        with self._lock:
+            self._drop_connection()
+
+    # -- plumbing -----------------------------------------------------------------------------------
+
+    def _drop_connection(self) -> None:
+        if self._connection is not None:
+            try:
+                self._connection.close()
+            except Exception:  # noqa: S110 - the connection is already broken; closing is best effort
+                pass
+            self._connection = None
+
+    def _run(self, write: bool, work: Callable[[Cursor], T]) -> T:
+        with self._lock:
+            if self._connection is None:
+                self._connection = self.backend.connect(create=self._create)
+            try:
+                with self.backend.transaction(self._connection, write) as cursor:
+                    return work(cursor)
+            except StoreError:
+                raise
+            except Exception as error:
+                if self.backend.is_integrity_error(error):
+                    raise Conflict(f"the farm refused the change: {_first_line(error)}") from error
+                if self.backend.is_unavailable_error(error):
+                    self._drop_connection()
+                    raise StoreUnavailable(
+                        f"farm database {self.url} unavailable: {_first_line(error)}"
+                    ) from error
+                raise
+
+    def _exec(self, cursor: Cursor, sql: str, params: Sequence[Any] = ()) -> Cursor:
+        cursor.execute(self.backend.sql(sql), tuple(params))
+        return cursor
+
+    def _one(self, cursor: Cursor, sql: str, params: Sequence[Any] = ()) -> Any:
+        return self._exec(cursor, sql, params).fetchone()
+
+    def _all(self, cursor: Cursor, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        return self._exec(cursor, sql, params).fetchall()
+
+    def _audit(self, cursor: Cursor, action: str, subject: str, **detail: Any) -> None:
+        self._exec(
+            cursor,
+            "INSERT INTO audit (at, actor, action, subject, detail) VALUES ({now}, ?, ?, ?, ?)",
+            (self.actor, action, subject, json.dumps(detail, sort_keys=True, default=str)),
+        )
+
+    def _id(self, cursor: Cursor, table: str, column: str, value: str, kind: str) -> int:
+        row = self._one(cursor, f"SELECT id FROM {table} WHERE {column} = ?", (value,))
+        if row is None:
+            raise NotFound(f"no {kind} {value!r} in the farm")
+        return int(row[0])
+
+    def _optional_id(self, cursor: Cursor, table: str, value: str | None, kind: str) -> int | None:
+        return None if value is None else self._id(cursor, table, "name", value, kind)
+
+    # -- schema and farm ----------------------------------------------------------------------------
+
+    def schema_version(self) -> int:
+        def work(cursor: Cursor) -> int:
+            if not self.backend.has_table(cursor, "schema_migrations"):
+                return 0
+            row = self._one(cursor, "SELECT MAX(version) FROM schema_migrations")
+            return int(row[0] or 0)
+
+        return self._run(False, work)
+
+    def migrate(self, target: int = LATEST_VERSION) -> list[int]:
+        """Apply the migrations this farm lacks, up to `target`; return the versions applied."""
+
+        def work(cursor: Cursor) -> list[int]:
+            self.backend.lock_schema(cursor)
+            current = 0
+            if self.backend.has_table(cursor, "schema_migrations"):
+                current = int(self._one(cursor, "SELECT MAX(version) FROM schema_migrations")[0] or 0)
+            if current > LATEST_VERSION:
+                raise _too_new(current, self.url)
+            applied = []
+            for migration in MIGRATIONS:
+                if current < migration.version <= target:
+                    for statement in migration.statements:
+                        cursor.execute(self.backend.ddl(statement))
+                    self._exec(
+                        cursor,
+                        "INSERT INTO schema_migrations (version, description, applied_at) VALUES (?, ?, {now})",
+                        (migration.version, migration.description),
+                    )
+                    applied.append(migration.version)
+            if applied and current > 0:
+                self._audit(cursor, "farm.upgrade", "schema", old=current, new=applied[-1])
+            return applied
+
+        return self._run(True, work)
+
+    def check_schema(self, upgrade: bool) -> int:
+        """Make sure this farm is one we can use; upgrade an older schema when asked. Returns its version."""
+        version = self.schema_version()
+        if version == 0:
+            raise FarmNotInitialised(f"no farm in {self.url}: run `pvsd farm init` first")
+        if version > LATEST_VERSION:
+            raise _too_new(version, self.url)
+        if version < LATEST_VERSION and upgrade:
+            self.migrate()
+            version = LATEST_VERSION
+        self.get_farm()
+        return version
+
+    def create_farm(self, name: str) -> tuple[Farm, bool]:
+        def work(cursor: Cursor) -> bool:
+            if self._one(cursor, "SELECT 1 FROM farm") is not None:
+                return False
+            self._exec(
+                cursor,
+                "INSERT INTO farm (id, name, secret, created_at) VALUES (1, ?, ?, {now})",
+                (name, secrets.token_hex(32)),
+            )
+            self._audit(cursor, "farm.init", name)
+            return True
+
+        created = self._run(True, work)
+        return self.get_farm(), created
+
+    def get_farm(self) -> Farm:
+        def work(cursor: Cursor) -> Farm:
+            row = self._one(cursor, "SELECT name, secret, created_at FROM farm")
+            if row is None:
+                raise FarmNotInitialised(f"no farm in {self.url}: run `pvsd farm init` first")
+            version = int(self._one(cursor, "SELECT MAX(version) FROM schema_migrations")[0])
+            return Farm(name=row[0], secret=row[1], created_at=row[2], schema_version=version)
+
+        return self._run(False, work)
+
+    def now(self) -> float:
+        """The database's clock, in epoch seconds."""
+        return float(self._run(False, lambda cursor: self._one(cursor, "SELECT {now}")[0]))
+
+    # -- sites --------------------------------------------------------------------------------------
+
+    def add_site(self, name: str, description: str = "") -> Site:
+        check_name("site", name)
+
+        def work(cursor: Cursor) -> None:
+            if self._one(cursor, "SELECT 1 FROM sites WHERE name = ?", (name,)):
+                raise AlreadyExists(f"site {name!r} exists already")
+            self._exec(
+                cursor,
+                "INSERT INTO sites (name, description, created_at) VALUES (?, ?, {now})",
+                (name, description),
+            )
+            self._audit(cursor, "site.add", name, description=description)
+
+        self._run(True, work)
+        return next(site for site in self.list_sites() if site.name == name)
+
+    def list_sites(self) -> list[Site]:
+        rows = self._run(
+            False, lambda cursor: self._all(cursor, "SELECT name, description, created_at FROM sites ORDER BY name")
+        )
+        return [Site(*row) for row in rows]
+
+    def remove_site(self, name: str) -> None:
+        def work(cursor: Cursor) -> None:
+            site_id = self._id(cursor, "sites", "name", name, "site")
+            used = self._one(cursor, "SELECT COUNT(*) FROM devices WHERE site_id = ?", (site_id,))[0]
+            if used:
+                raise Conflict(f"site {name!r} still has {used} device(s); move or remove them first")
+            self._exec(cursor, "DELETE FROM sites WHERE id = ?", (site_id,))
+            self._audit(cursor, "site.remove", name)
+
+        self._run(True, work)
+
+    # -- servers and membership ---------------------------------------------------------------------
+
+    def register_server(
+        self,
+        name: str,
+        address: str,
+        ports: Mapping[str, int],
+        power: float,
+        instance: str,
+        dead_after: float,
+        site: str | None = None,
+    ) -> Server:
+        """Record this server as running, with a fresh heartbeat, under a new `instance` token.
+
+        Refuses (Conflict) when a server of that name is alive at another address: two
+        machines configured with one name would otherwise steal each other's targets.
+        """
+        check_name("server", name)
+
+        def work(cursor: Cursor) -> dict[str, Any]:
+            site_id = self._optional_id(cursor, "sites", site, "site")
+            row = self._one(
+                cursor,
+                "SELECT id, address, state, {now} - last_heartbeat FROM servers WHERE name = ?",
+                (name,),
+            )
+            detail: dict[str, Any] = {"address": address, "ports": dict(ports), "power": power}
+            if row is None:
+                self._exec(
+                    cursor,
+                    """INSERT INTO servers (name, address, ports, power, site_id, state, instance,
+                                            started_at, last_heartbeat)
+                       VALUES (?, ?, ?, ?, ?, ?, ?, {now}, {now})""",
+                    (name, address, json.dumps(dict(ports)), power, site_id, ServerState.RUNNING, instance),
+                )
+            else:
+                old_address, state, age = row[1], row[2], row[3]
+                alive = state == ServerState.RUNNING and age is not None and age <= dead_after
+                if alive and old_address != address:
+                    raise Conflict(
+                        f"server {name!r} is already running at {old_address} (heartbeat {age:.1f} s ago); "
+                        f"refusing to start a second {name!r} at {address}. Give this server another "
+                        f"[server] name, or stop the other one."
+                    )
+                if old_address != address:
+                    detail["previous_address"] = old_address
+                if alive:
+                    detail["replaced_live_instance"] = True
+                self._exec(
+                    cursor,
+                    """UPDATE servers SET address = ?, ports = ?, power = ?, site_id = ?, state = ?,
+                              instance = ?, started_at = {now}, last_heartbeat = {now}
+                       WHERE id = ?""",
+                    (address, json.dumps(dict(ports)), power, site_id, ServerState.RUNNING, instance, row[0]),
+                )
+            self._audit(cursor, "server.register", name, **detail)
+            return detail
+
+        self._run(True, work)
+        return self.get_server(name)
+
+    def heartbeat(self, name: str, instance: str) -> HeartbeatResult:
+        def work(cursor: Cursor) -> HeartbeatResult:
+            updated = self._exec(
+                cursor,
+                "UPDATE servers SET last_heartbeat = {now}, state = ? WHERE name = ? AND instance = ?",
+                (ServerState.RUNNING, name, instance),
+            ).rowcount
+            if updated:
+                return HeartbeatResult.OK
+            exists = self._one(cursor, "SELECT 1 FROM servers WHERE name = ?", (name,))
+            return HeartbeatResult.TAKEN if exists else HeartbeatResult.MISSING
+
+        return self._run(True, work)
+
+    def stop_server(self, name: str, instance: str) -> bool:
+        """Mark a cleanly stopped server; False if another instance owns the record now."""
+
+        def work(cursor: Cursor) -> bool:
+            updated = self._exec(
+                cursor,
+                "UPDATE servers SET state = ? WHERE name = ? AND instance = ?",
+                (ServerState.STOPPED, name, instance),
+            ).rowcount
+            if updated:
+                self._exec(
+                    cursor,
+                    "DELETE FROM sessions WHERE server_id = (SELECT id FROM servers WHERE name = ?)",
+                    (name,),
+                )
+                self._audit(cursor, "server.stop", name)
+            return bool(updated)
+
+        return self._run(True, work)
+
+    def get_server(self, name: str) -> Server:
+        row = self._run(False, lambda cursor: self._one(cursor, _SERVER_SELECT + " WHERE sv.name = ?", (name,)))
+        if row is None:
+            raise NotFound(f"no server {name!r} in the farm")
+        return _server(row)
+
+    def list_servers(self) -> list[Server]:
+        rows = self._run(False, lambda cursor: self._all(cursor, _SERVER_SELECT + " ORDER BY sv.name"))
+        return [_server(row) for row in rows]
+
+    def remove_server(self, name: str, dead_after: float) -> None:
+        """Forget a server that is stopped or dead (its replicas and sessions go with it)."""
+
+        def work(cursor: Cursor) -> None:
+            row = self._one(cursor, _SERVER_SELECT + " WHERE sv.name = ?", (name,))
+            if row is None:
+                raise NotFound(f"no server {name!r} in the farm")
+            if _server(row).health(dead_after) is ServerHealth.ALIVE:
+                raise Conflict(f"server {name!r} is alive; stop it before removing it")
+            self._exec(cursor, "DELETE FROM servers WHERE name = ?", (name,))
+            self._audit(cursor, "server.remove", name)
+
+        self._run(True, work)
+
+    # -- vDisks and versions ------------------------------------------------------------------------
+
+    def create_vdisk(
+        self, name: str, size: int, sector_size: int = 512, mode: AccessMode = AccessMode.STANDARD
+    ) -> VDisk:
+        """Record a new vDisk with its base version 0 (in production, no image hash yet)."""
+        check_name("vDisk", name)
+        if sector_size not in SECTOR_SIZES:
+            raise BadInput(f"bad sector size {sector_size}: use one of {SECTOR_SIZES}")
+        if size <= 0 or size % sector_size:
+            raise BadInput(f"bad vDisk size {size}: must be a positive multiple of the sector size {sector_size}")
+        mode = AccessMode(mode)
+
+        def work(cursor: Cursor) -> None:
+            if self._one(cursor, "SELECT 1 FROM vdisks WHERE name = ?", (name,)):
+                raise AlreadyExists(f"vDisk {name!r} exists already")
+            vdisk_id = self._one(
+                cursor,
+                "INSERT INTO vdisks (name, size, sector_size, mode, created_at) VALUES (?, ?, ?, ?, {now}) "
+                "RETURNING id",
+                (name, size, sector_size, mode),
+            )[0]
+            self._exec(
+                cursor,
+                "INSERT INTO vdisk_versions (vdisk_id, number, state, sha256, created_at) "
+                "VALUES (?, 0, ?, NULL, {now})",
+                (vdisk_id, VersionState.PRODUCTION),
+            )
+            self._audit(cursor, "vdisk.create", name, size=size, sector_size=sector_size, mode=mode)
+
+        self._run(True, work)
+        return self.get_vdisk(name)
+
+    def get_vdisk(self, name: str) -> VDisk:
+        found = [vdisk for vdisk in self._vdisks(name) if vdisk.name == name]
+        if not found:
+            raise NotFound(f"no vDisk {name!r} in the farm")
+        return found[0]
+
+    def list_vdisks(self) -> list[VDisk]:
+        return self._vdisks(None)
+
+    def _vdisks(self, only: str | None) -> list[VDisk]:
+        def work(cursor: Cursor) -> tuple[list[Any], list[Any]]:
+            where, params = ("WHERE v.name = ?", (only,)) if only else ("", ())
+            disks = self._all(
+                cursor,
+                f"SELECT v.name, v.size, v.sector_size, v.mode, v.created_at FROM vdisks v {where} ORDER BY v.name",
+                params,
+            )
+            versions = self._all(
+                cursor,
+                f"""SELECT v.name, vv.number, vv.state, vv.sha256, vv.created_at
+                    FROM vdisk_versions vv JOIN vdisks v ON v.id = vv.vdisk_id {where}
+                    ORDER BY v.name, vv.number""",
+                params,
+            )
+            return disks, versions
+
+        disks, versions = self._run(False, work)
+        by_disk: dict[str, list[VDiskVersion]] = {}
+        for row in versions:
+            by_disk.setdefault(row[0], []).append(
+                VDiskVersion(vdisk=row[0], number=row[1], state=VersionState(row[2]), sha256=row[3], created_at=row[4])
+            )
+        return [
+            VDisk(
+                name=row[0],
+                size=int(row[1]),
+                sector_size=row[2],
+                mode=AccessMode(row[3]),
+                created_at=row[4],
+                versions=tuple(by_disk.get(row[0], ())),
+            )
+            for row in disks
+        ]
+
+    def remove_vdisk(self, name: str) -> None:
+        def work(cursor: Cursor) -> None:
+            vdisk_id = self._id(cursor, "vdisks", "name", name, "vDisk")
+            users = [
+                row[0] for row in self._all(cursor, "SELECT name FROM devices WHERE vdisk_id = ?", (vdisk_id,))
+            ]
+            if users:
+                raise Conflict(f"vDisk {name!r} is assigned to {', '.join(sorted(users))}; unassign it first")
+            self._exec(cursor, "DELETE FROM vdisks WHERE id = ?", (vdisk_id,))
+            self._audit(cursor, "vdisk.remove", name)
+
+        self._run(True, work)
+
+    def add_version(
+        self, vdisk: str, state: VersionState = VersionState.MAINTENANCE, sha256: str | None = None
+    ) -> VDiskVersion:
+        """Add the next version of a vDisk (number = highest + 1)."""
+        state = VersionState(state)
+
+        def work(cursor: Cursor) -> int:
+            vdisk_id = self._id(cursor, "vdisks", "name", vdisk, "vDisk")
+            number = int(
+                self._one(cursor, "SELECT MAX(number) FROM vdisk_versions WHERE vdisk_id = ?", (vdisk_id,))[0]
+            ) + 1
+            self._exec(
+                cursor,
+                "INSERT INTO vdisk_versions (vdisk_id, number, state, sha256, created_at) VALUES (?, ?, ?, ?, {now})",
+                (vdisk_id, number, state, sha256),
+            )
+            self._audit(cursor, "vdisk.version.add", f"{vdisk}.{number}", state=state, sha256=sha256)
+            return number
+
+        number = self._run(True, work)
+        return next(v for v in self.get_vdisk(vdisk).versions if v.number == number)
+
+    def set_version(
+        self,
+        vdisk: str,
+        number: int,
+        state: VersionState | Unset = UNSET,
+        sha256: str | None | Unset = UNSET,
+    ) -> VDiskVersion:
+        changes: dict[str, Any] = {}
+        if state is not UNSET:
+            changes["state"] = VersionState(state)
+        if sha256 is not UNSET:
+            changes["sha256"] = sha256
+
+        def work(cursor: Cursor) -> None:
+            vdisk_id = self._id(cursor, "vdisks", "name", vdisk, "vDisk")
+            if not self._one(
+                cursor, "SELECT 1 FROM vdisk_versions WHERE vdisk_id = ? AND number = ?", (vdisk_id, number)
+            ):
+                raise NotFound(f"vDisk {vdisk!r} has no version {number}")
+            for column, value in changes.items():
+                self._exec(
+                    cursor,
+                    f"UPDATE vdisk_versions SET {column} = ? WHERE vdisk_id = ? AND number = ?",
+                    (value, vdisk_id, number),
+                )
+            if changes:
+                self._audit(cursor, "vdisk.version.set", f"{vdisk}.{number}", **changes)
+
+        self._run(True, work)
+        return next(v for v in self.get_vdisk(vdisk).versions if v.number == number)
+
+    # -- replicas -----------------------------------------------------------------------------------
+
+    def report_replica(
+        self, server: str, vdisk: str, version: int, sha256: str | None, state: ReplicaState
+    ) -> Replica:
+        """A server says which copy of a vDisk version it holds; `verified` stamps the time."""
+        state = ReplicaState(state)
+
+        def work(cursor: Cursor) -> None:
+            server_id = self._id(cursor, "servers", "name", server, "server")
+            vdisk_id = self._id(cursor, "vdisks", "name", vdisk, "vDisk")
+            if not self._one(
+                cursor, "SELECT 1 FROM vdisk_versions WHERE vdisk_id = ? AND number = ?", (vdisk_id, version)
+            ):
+                raise NotFound(f"vDisk {vdisk!r} has no version {version}")
+            verified_at = "{now}" if state is ReplicaState.VERIFIED else "NULL"
+            self._exec(
+                cursor,
+                f"""INSERT INTO replicas (server_id, vdisk_id, number, sha256, state, verified_at)
+                    VALUES (?, ?, ?, ?, ?, {verified_at})
+                    ON CONFLICT (server_id, vdisk_id, number)
+                    DO UPDATE SET sha256 = excluded.sha256, state = excluded.state,
+                                  verified_at = excluded.verified_at""",
+                (server_id, vdisk_id, version, sha256, state),
+            )
+            self._audit(cursor, "replica.report", f"{server}:{vdisk}.{version}", sha256=sha256, state=state)
+
+        self._run(True, work)
+        return next(
+            r for r in self.list_replicas(vdisk) if r.server == server and r.version == version
+        )
+
+    def list_replicas(self, vdisk: str | None = None) -> list[Replica]:
+        where, params = ("WHERE v.name = ?", (vdisk,)) if vdisk else ("", ())
+        rows = self._run(
+            False,
+            lambda cursor: self._all(
+                cursor,
+                f"""SELECT sv.name, v.name, r.number, r.sha256, r.state, r.verified_at
+                    FROM replicas r JOIN servers sv ON sv.id = r.server_id JOIN vdisks v ON v.id = r.vdisk_id
+                    {where} ORDER BY v.name, r.number, sv.name""",
+                params,
+            ),
+        )
+        return [
+            Replica(server=r[0], vdisk=r[1], version=r[2], sha256=r[3], state=ReplicaState(r[4]), verified_at=r[5])
+            for r in rows
+        ]
+
+    # -- devices ------------------------------------------------------------------------------------
+
+    def add_device(
+        self,
+        mac: str,
+        name: str,
+        vdisk: str | None = None,
+        site: str | None = None,
+        type: DeviceType = DeviceType.PRODUCTION,
+        enabled: bool = True,
+    ) -> Device:
+        mac = parse_mac(mac)
+        check_name("device", name)
+        type = DeviceType(type)
+
+        def work(cursor: Cursor) -> None:
+            existing = self._one(cursor, "SELECT name FROM devices WHERE mac = ?", (mac,))
+            if existing:
+                raise AlreadyExists(f"device {mac} exists already (named {existing[0]!r})")
+            existing = self._one(cursor, "SELECT mac FROM devices WHERE name = ?", (name,))
+            if existing:
+                raise AlreadyExists(f"a device named {name!r} exists already (MAC {existing[0]})")
+            vdisk_id = self._optional_id(cursor, "vdisks", vdisk, "vDisk")
+            site_id = self._optional_id(cursor, "sites", site, "site")
+            self._exec(
+                cursor,
+                """INSERT INTO devices (mac, name, site_id, vdisk_id, enabled, type, created_at)
+                   VALUES (?, ?, ?, ?, ?, ?, {now})""",
+                (mac, name, site_id, vdisk_id, enabled, type),
+            )
+            self._audit(cursor, "device.add", mac, name=name, vdisk=vdisk, site=site, type=type, enabled=enabled)
+
+        self._run(True, work)
+        return self.get_device(mac)
+
+    def get_device(self, mac: str) -> Device:
+        mac = parse_mac(mac)
+        row = self._run(False, lambda cursor: self._one(cursor, _DEVICE_SELECT + " WHERE d.mac = ?", (mac,)))
+        if row is None:
+            raise NotFound(f"no device {mac} in the farm")
+        return _device(row)
+
+    def find_device(self, mac: str) -> Device | None:
+        """The device with this MAC, or None: the login path asks this for every unknown target."""
+        try:
+            return self.get_device(mac)
+        except NotFound:
+            return None
+
+    def list_devices(self) -> list[Device]:
+        rows = self._run(False, lambda cursor: self._all(cursor, _DEVICE_SELECT + " ORDER BY d.name"))
+        return [_device(row) for row in rows]
+
+    def update_device(
+        self,
+        mac: str,
+        *,
+        name: str | Unset = UNSET,
+        vdisk: str | None | Unset = UNSET,
+        site: str | None | Unset = UNSET,
+        type: DeviceType | Unset = UNSET,
+        enabled: bool | Unset = UNSET,
+    ) -> Device:
+        mac = parse_mac(mac)
+        if not isinstance(name, Unset):
+            check_name("device", name)
+        if not isinstance(type, Unset):
+            type = DeviceType(type)
+
+        def work(cursor: Cursor) -> None:
+            device_id = self._id(cursor, "devices", "mac", mac, "device")
+            changes: dict[str, Any] = {}
+            detail: dict[str, Any] = {}
+            if not isinstance(name, Unset):
+                clash = self._one(cursor, "SELECT mac FROM devices WHERE name = ? AND id <> ?", (name, device_id))
+                if clash:
+                    raise AlreadyExists(f"a device named {name!r} exists already (MAC {clash[0]})")
+                changes["name"] = detail["name"] = name
+            if not isinstance(vdisk, Unset):
+                changes["vdisk_id"] = self._optional_id(cursor, "vdisks", vdisk, "vDisk")
+                detail["vdisk"] = vdisk
+            if not isinstance(site, Unset):
+                changes["site_id"] = self._optional_id(cursor, "sites", site, "site")
+                detail["site"] = site
+            if not isinstance(type, Unset):
+                changes["type"] = detail["type"] = type
+            if not isinstance(enabled, Unset):
+                changes["enabled"] = detail["enabled"] = enabled
+            if not changes:
+                return
+            assignments = ", ".join(f"{column} = ?" for column in changes)
+            self._exec(
+                cursor, f"UPDATE devices SET {assignments} WHERE id = ?", (*changes.values(), device_id)
+            )
+            self._audit(cursor, "device.set", mac, **detail)
+
+        self._run(True, work)
+        return self.get_device(mac)
+
+    def remove_device(self, mac: str) -> Device:
+        device = self.get_device(mac)
+
+        def work(cursor: Cursor) -> None:
+            if not self._exec(cursor, "DELETE FROM devices WHERE mac = ?", (device.mac,)).rowcount:
+                raise NotFound(f"no device {device.mac} in the farm")
+            self._audit(cursor, "device.remove", device.mac, name=device.name)
+
+        self._run(True, work)
+        return device
+
+    # -- sessions -----------------------------------------------------------------------------------
+
+    def open_session(self, mac: str, server: str, io_port: int) -> Session:
+        """Record a target's session on a server, replacing any earlier session of that device."""
+        mac = parse_mac(mac)
+
+        def work(cursor: Cursor) -> int:
+            device_id = self._id(cursor, "devices", "mac", mac, "device")
+            server_id = self._id(cursor, "servers", "name", server, "server")
+            self._exec(cursor, "DELETE FROM sessions WHERE device_id = ?", (device_id,))
+            session_id = int(
+                self._one(
+                    cursor,
+                    "INSERT INTO sessions (device_id, server_id, io_port, since, last_seen) "
+                    "VALUES (?, ?, ?, {now}, {now}) RETURNING id",
+                    (device_id, server_id, io_port),
+                )[0]
+            )
+            self._audit(cursor, "session.open", mac, server=server, io_port=io_port, session=session_id)
+            return session_id
+
+        session_id = self._run(True, work)
+        return next(s for s in self.list_sessions() if s.id == session_id)
+
+    def touch_session(self, session_id: int) -> bool:
+        return bool(
+            self._run(
+                True,
+                lambda cursor: self._exec(
+                    cursor, "UPDATE sessions SET last_seen = {now} WHERE id = ?", (session_id,)
+                ).rowcount,
+            )
+        )
+
+    def close_session(self, session_id: int) -> bool:
+        def work(cursor: Cursor) -> bool:
+            row = self._one(cursor, _SESSION_SELECT + " WHERE se.id = ?", (session_id,))
+            if row is None:
+                return False
+            self._exec(cursor, "DELETE FROM sessions WHERE id = ?", (session_id,))
+            self._audit(cursor, "session.close", row[1], server=row[3], session=session_id)
+            return True
+
+        return self._run(True, work)
+
+    def list_sessions(self) -> list[Session]:
+        rows = self._run(False, lambda cursor: self._all(cursor, _SESSION_SELECT + " ORDER BY d.name"))
+        return [Session(*row) for row in rows]
+
+    # -- audit --------------------------------------------------------------------------------------
+
+    def list_audit(self, limit: int = 50) -> list[AuditEntry]:
+        """The newest `limit` audit entries, newest first."""
+        rows = self._run(
+            False,
+            lambda cursor: self._all(
+                cursor,
+                "SELECT id, at, actor, action, subject, detail FROM audit ORDER BY id DESC LIMIT ?",
+                (limit,),
+            ),
+        )
+        return [AuditEntry(*row) for row in rows]
+
+
+def _server(row: Any) -> Server:
+    return Server(
+        name=row[0],
+        address=row[1],
+        ports=json.loads(row[2]),
+        power=float(row[3]),
+        site=row[4],
+        state=ServerState(row[5]),
+        instance=row[6],
+        started_at=row[7],
+        last_heartbeat=row[8],
+        heartbeat_age=None if row[9] is None else max(0.0, float(row[9])),
+    )
+
+
+def _device(row: Any) -> Device:
+    return Device(
+        mac=row[0],
+        name=row[1],
+        site=row[2],
+        vdisk=row[3],
+        enabled=bool(row[4]),
+        type=DeviceType(row[5]),
+        created_at=row[6],
+    )
+
+
+def _too_new(version: int, url: str) -> SchemaMismatch:
+    return SchemaMismatch(
+        f"farm {url} has schema version {version}, newer than this pvsd knows ({LATEST_VERSION}): upgrade pvsd"
+    )
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

@@ -1,0 +1,1 @@
+"""Helpers the tests share: throwaway PostgreSQL clusters, pvsd subprocesses, free ports."""
