@@ -34,7 +34,10 @@ Handler = Callable[[argparse.Namespace, Config], int]
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit:  # argparse: usage errors (2), --help and --version (0)
+        return exit.code if isinstance(exit.code, int) else 2
     if not hasattr(args, "handler"):
         parser.print_help(sys.stderr)
         return 2
@@ -127,7 +130,10 @@ def _farm_init(args: argparse.Namespace, config: Config) -> int:
     if created:
         print(f"farm {farm.name!r} created in {store.url} (schema version {farm.schema_version})")
     else:
-        print(f"farm {farm.name!r} already exists in {store.url} (schema version {farm.schema_version}); kept it")
+        print(
+            f"farm {farm.name!r} already exists in {store.url} "
+            f"(schema version {farm.schema_version}); kept it"
+        )
     return 0
 
 
@@ -196,7 +202,11 @@ def _server_list(args: argparse.Namespace, config: Config) -> int:
     if args.json:
         _print_json(
             [
-                {**dataclasses.asdict(server), "recorded_state": server.state, "state": server.health(dead_after)}
+                {
+                    **dataclasses.asdict(server),
+                    "recorded_state": server.state,
+                    "state": server.health(dead_after),
+                }
                 for server in servers
             ]
         )
@@ -260,7 +270,10 @@ def _device_list(args: argparse.Namespace, config: Config) -> int:
         return 0
     _print_table(
         ["MAC", "NAME", "VDISK", "TYPE", "ENABLED", "SITE"],
-        [[d.mac, d.name, d.vdisk or "-", d.type, "yes" if d.enabled else "no", d.site or "-"] for d in devices],
+        [
+            [d.mac, d.name, d.vdisk or "-", d.type, "yes" if d.enabled else "no", d.site or "-"]
+            for d in devices
+        ],
         "no devices: add one with `pvsd device add MAC --name NAME`",
     )
     return 0
@@ -293,10 +306,14 @@ def _device_set(args: argparse.Namespace, config: Config) -> int:
     if args.enabled is not None:
         changes["enabled"] = args.enabled
     if not changes:
-        raise BadInput("nothing to change: give --name, --vdisk, --no-vdisk, --site, --type, --enable or --disable")
+        raise BadInput(
+            "nothing to change: give --name, --vdisk, --no-vdisk, --site, --type, --enable or --disable"
+        )
     store = _store(config)
     device = store.update_device(args.mac, **{key: changes.get(key, UNSET) for key in changes})
-    print(f"device {device.mac} ({device.name}) updated: " + ", ".join(f"{k}={v}" for k, v in changes.items()))
+    print(
+        f"device {device.mac} ({device.name}) updated: " + ", ".join(f"{k}={v}" for k, v in changes.items())
+    )
     return 0
 
 
@@ -355,7 +372,10 @@ def _session_list(args: argparse.Namespace, config: Config) -> int:
     now = store.now()
     _print_table(
         ["DEVICE", "MAC", "SERVER", "IO PORT", "SINCE", "LAST SEEN"],
-        [[s.device, s.mac, s.server, s.io_port, _age(now - s.since), _age(now - s.last_seen)] for s in sessions],
+        [
+            [s.device, s.mac, s.server, s.io_port, _age(now - s.since), _age(now - s.last_seen)]
+            for s in sessions
+        ],
         "no sessions",
     )
     return 0
@@ -383,16 +403,26 @@ def build_parser() -> argparse.ArgumentParser:
     # and `pvsd server list --config F` mean the same. SUPPRESS keeps a later default from
     # overwriting an earlier value.
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS, help="config file (else $PVSD_CONFIG)")
     common.add_argument(
-        "--log-format", choices=LOG_FORMATS, default=argparse.SUPPRESS, help="log as console text or JSON lines"
+        "--config", metavar="FILE", default=argparse.SUPPRESS, help="config file (else $PVSD_CONFIG)"
     )
     common.add_argument(
-        "--log-level", choices=("debug", "info", "warning", "error"), default=argparse.SUPPRESS, help="[log] level"
+        "--log-format",
+        choices=LOG_FORMATS,
+        default=argparse.SUPPRESS,
+        help="log as console text or JSON lines",
+    )
+    common.add_argument(
+        "--log-level",
+        choices=("debug", "info", "warning", "error"),
+        default=argparse.SUPPRESS,
+        help="[log] level",
     )
 
     parser = argparse.ArgumentParser(
-        prog="pvsd", parents=[common], description="pvsd: highly available network boot (proxy DHCP, TFTP, vDisks)"
+        prog="pvsd",
+        parents=[common],
+        description="pvsd: highly available network boot (proxy DHCP, TFTP, vDisks)",
     )
     parser.add_argument("--version", action="version", version=f"pvsd {__version__}")
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
@@ -440,7 +470,9 @@ def build_parser() -> argparse.ArgumentParser:
     device_add.add_argument("--name", required=True)
     device_add.add_argument("--vdisk", help="assign this vDisk")
     device_add.add_argument("--site")
-    device_add.add_argument("--type", choices=[t.value for t in DeviceType], default=DeviceType.PRODUCTION.value)
+    device_add.add_argument(
+        "--type", choices=[t.value for t in DeviceType], default=DeviceType.PRODUCTION.value
+    )
     device_add.add_argument("--disabled", action="store_true", help="add it disabled: it may not log in")
     with_json(command(device, "list", _device_list, "list devices"))
     with_json(command(device, "show", _device_show, "show one device")).add_argument("mac", type=_mac)
@@ -462,9 +494,13 @@ def build_parser() -> argparse.ArgumentParser:
     vdisk = group("vdisk", "virtual disks and their versions")
     vdisk_create = command(vdisk, "create", _vdisk_create, "record a new, empty vDisk (version 0)")
     vdisk_create.add_argument("name")
-    vdisk_create.add_argument("--size", type=_size, required=True, metavar="BYTES", help="e.g. 8589934592 or 8G")
+    vdisk_create.add_argument(
+        "--size", type=_size, required=True, metavar="BYTES", help="e.g. 8589934592 or 8G"
+    )
     vdisk_create.add_argument("--sector-size", type=int, choices=(512, 4096), default=512)
-    vdisk_create.add_argument("--mode", choices=[m.value for m in AccessMode], default=AccessMode.STANDARD.value)
+    vdisk_create.add_argument(
+        "--mode", choices=[m.value for m in AccessMode], default=AccessMode.STANDARD.value
+    )
     with_json(command(vdisk, "list", _vdisk_list, "list vDisks"))
     command(vdisk, "remove", _vdisk_remove, "remove a vDisk no device uses").add_argument("name")
 

@@ -62,7 +62,6 @@ def _key(default: Any, help: str, check: Check | None = None) -> Any:
 # -- value checks: each returns the reason a value is wrong, or None --------------------------------
 
 
-
 def _port(value: int) -> str | None:
     return None if 1 <= value <= 65535 else f"{value} is not a port number (1-65535)"
 
@@ -123,19 +122,29 @@ def _workers(value: int) -> str | None:
 class ServerConfig:
     name: str = _key("", "this server's name in the farm; empty means the host name", _name_or_empty)
     address: str = _key("127.0.0.1", "the IPv4 address targets use to reach this server (advertised)", _ipv4)
-    bind: str = _key("", "the address the services listen on; empty means the advertised address", _ipv4_or_empty)
+    bind: str = _key(
+        "", "the address the services listen on; empty means the advertised address", _ipv4_or_empty
+    )
     store: str = _key("var/store", "the folder holding this server's vDisk images")
-    user: str = _key("", "when started as root, switch to this user after binding the ports; empty keeps root")
-    power: float = _key(1.0, "power rating for load balancing: a server rated 2 takes twice the sessions", _positive)
+    user: str = _key(
+        "", "when started as root, switch to this user after binding the ports; empty keeps root"
+    )
+    power: float = _key(
+        1.0, "power rating for load balancing: a server rated 2 takes twice the sessions", _positive
+    )
     site: str = _key("", "the site this server belongs to; empty for none", _name_or_empty)
 
 
 @dataclass(frozen=True)
 class FarmConfig:
     database: str = _key(
-        "sqlite:///var/farm.db", "the farm store: sqlite:///PATH (one host) or postgresql://... (many)", _database_url
+        "sqlite:///var/farm.db",
+        "the farm store: sqlite:///PATH (one host) or postgresql://... (many)",
+        _database_url,
     )
-    heartbeat_interval: float = _key(2.0, "seconds between heartbeats this server writes to the farm", _positive)
+    heartbeat_interval: float = _key(
+        2.0, "seconds between heartbeats this server writes to the farm", _positive
+    )
     dead_after: float = _key(8.0, "seconds without a heartbeat before a server counts as dead", _positive)
     auto_add: bool = _key(False, "create unknown devices at their first login, from a template")
 
@@ -252,7 +261,9 @@ def _environment(env: Mapping[str, str]) -> list[tuple[str, str, str, str]]:
             continue
         section, _, key = var[len(ENV_PREFIX) :].lower().partition("__")
         if section not in _sections():
-            raise ConfigError(f"{section}.{key}", f"unknown section{_suggest(section, _sections())}", f"${var}")
+            raise ConfigError(
+                f"{section}.{key}", f"unknown section{_suggest(section, _sections())}", f"${var}"
+            )
         found.append((section, key, value, var))
     return found
 

@@ -8,7 +8,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from support.postgres import Cluster, PostgresMissing, postgres_cluster
 
 BACKENDS = ("sqlite", "postgresql")

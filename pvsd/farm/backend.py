@@ -6,7 +6,7 @@ clock in epoch seconds; a backend rewrites that for its driver and opens connect
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from typing import Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
@@ -15,7 +15,8 @@ __all__ = ["Backend", "Connection", "Cursor", "redact_url"]
 
 
 class Cursor(Protocol):
-    rowcount: int
+    @property
+    def rowcount(self) -> int: ...
 
     def execute(self, sql: str, params: Sequence[Any] = ..., /) -> Any: ...
 

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 __all__ = [
     "AccessMode",
     "AuditEntry",
-    "DeviceType",
     "Device",
+    "DeviceType",
     "Farm",
     "HeartbeatResult",
     "Replica",

@@ -93,7 +93,8 @@ MIGRATIONS: tuple[Migration, ...] = (
                 state TEXT NOT NULL,
                 verified_at {real},
                 PRIMARY KEY (server_id, vdisk_id, number),
-                FOREIGN KEY (vdisk_id, number) REFERENCES vdisk_versions(vdisk_id, number) ON DELETE CASCADE)""",
+                FOREIGN KEY (vdisk_id, number)
+                    REFERENCES vdisk_versions(vdisk_id, number) ON DELETE CASCADE)""",
             """CREATE TABLE sessions (
                 id {pk},
                 device_id BIGINT NOT NULL REFERENCES devices(id) ON DELETE CASCADE,

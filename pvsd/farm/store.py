@@ -8,6 +8,7 @@ A lost connection raises StoreUnavailable and is reopened by the next call.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import json
 import secrets
@@ -15,6 +16,7 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
+from pvsd.errors import BadInput
 from pvsd.farm.backend import Backend, Connection, Cursor
 from pvsd.farm.errors import (
     AlreadyExists,
@@ -44,7 +46,6 @@ from pvsd.farm.records import (
     VersionState,
 )
 from pvsd.farm.schema import LATEST_VERSION, MIGRATIONS
-from pvsd.errors import BadInput
 from pvsd.names import check_name
 from pvsd.net.mac import parse_mac
 
@@ -134,10 +135,9 @@ class FarmStore:
 
     def _drop_connection(self) -> None:
         if self._connection is not None:
-            try:
+            # The connection is usually broken already: closing it is best effort.
+            with contextlib.suppress(Exception):
                 self._connection.close()
-            except Exception:  # noqa: S110 - the connection is already broken; closing is best effort
-                pass
             self._connection = None
 
     def _run(self, write: bool, work: Callable[[Cursor], T]) -> T:
@@ -213,7 +213,8 @@ class FarmStore:
                         cursor.execute(self.backend.ddl(statement))
                     self._exec(
                         cursor,
-                        "INSERT INTO schema_migrations (version, description, applied_at) VALUES (?, ?, {now})",
+                        "INSERT INTO schema_migrations (version, description, applied_at) "
+                        "VALUES (?, ?, {now})",
                         (migration.version, migration.description),
                     )
                     applied.append(migration.version)
@@ -285,7 +286,8 @@ class FarmStore:
 
     def list_sites(self) -> list[Site]:
         rows = self._run(
-            False, lambda cursor: self._all(cursor, "SELECT name, description, created_at FROM sites ORDER BY name")
+            False,
+            lambda cursor: self._all(cursor, "SELECT name, description, created_at FROM sites ORDER BY name"),
         )
         return [Site(*row) for row in rows]
 
@@ -396,7 +398,9 @@ class FarmStore:
         return self._run(True, work)
 
     def get_server(self, name: str) -> Server:
-        row = self._run(False, lambda cursor: self._one(cursor, _SERVER_SELECT + " WHERE sv.name = ?", (name,)))
+        row = self._run(
+            False, lambda cursor: self._one(cursor, _SERVER_SELECT + " WHERE sv.name = ?", (name,))
+        )
         if row is None:
             raise NotFound(f"no server {name!r} in the farm")
         return _server(row)
@@ -429,7 +433,9 @@ class FarmStore:
         if sector_size not in SECTOR_SIZES:
             raise BadInput(f"bad sector size {sector_size}: use one of {SECTOR_SIZES}")
         if size <= 0 or size % sector_size:
-            raise BadInput(f"bad vDisk size {size}: must be a positive multiple of the sector size {sector_size}")
+            raise BadInput(
+                f"bad vDisk size {size}: must be a positive multiple of the sector size {sector_size}"
+            )
         mode = AccessMode(mode)
 
         def work(cursor: Cursor) -> None:
@@ -466,7 +472,8 @@ class FarmStore:
             where, params = ("WHERE v.name = ?", (only,)) if only else ("", ())
             disks = self._all(
                 cursor,
-                f"SELECT v.name, v.size, v.sector_size, v.mode, v.created_at FROM vdisks v {where} ORDER BY v.name",
+                f"""SELECT v.name, v.size, v.sector_size, v.mode, v.created_at
+                    FROM vdisks v {where} ORDER BY v.name""",
                 params,
             )
             versions = self._all(
@@ -482,7 +489,9 @@ class FarmStore:
         by_disk: dict[str, list[VDiskVersion]] = {}
         for row in versions:
             by_disk.setdefault(row[0], []).append(
-                VDiskVersion(vdisk=row[0], number=row[1], state=VersionState(row[2]), sha256=row[3], created_at=row[4])
+                VDiskVersion(
+                    vdisk=row[0], number=row[1], state=VersionState(row[2]), sha256=row[3], created_at=row[4]
+                )
             )
         return [
             VDisk(
@@ -500,7 +509,8 @@ class FarmStore:
         def work(cursor: Cursor) -> None:
             vdisk_id = self._id(cursor, "vdisks", "name", name, "vDisk")
             users = [
-                row[0] for row in self._all(cursor, "SELECT name FROM devices WHERE vdisk_id = ?", (vdisk_id,))
+                row[0]
+                for row in self._all(cursor, "SELECT name FROM devices WHERE vdisk_id = ?", (vdisk_id,))
             ]
             if users:
                 raise Conflict(f"vDisk {name!r} is assigned to {', '.join(sorted(users))}; unassign it first")
@@ -517,12 +527,18 @@ class FarmStore:
 
         def work(cursor: Cursor) -> int:
             vdisk_id = self._id(cursor, "vdisks", "name", vdisk, "vDisk")
-            number = int(
-                self._one(cursor, "SELECT MAX(number) FROM vdisk_versions WHERE vdisk_id = ?", (vdisk_id,))[0]
-            ) + 1
+            number = (
+                int(
+                    self._one(
+                        cursor, "SELECT MAX(number) FROM vdisk_versions WHERE vdisk_id = ?", (vdisk_id,)
+                    )[0]
+                )
+                + 1
+            )
             self._exec(
                 cursor,
-                "INSERT INTO vdisk_versions (vdisk_id, number, state, sha256, created_at) VALUES (?, ?, ?, ?, {now})",
+                "INSERT INTO vdisk_versions (vdisk_id, number, state, sha256, created_at) "
+                "VALUES (?, ?, ?, ?, {now})",
                 (vdisk_id, number, state, sha256),
             )
             self._audit(cursor, "vdisk.version.add", f"{vdisk}.{number}", state=state, sha256=sha256)
@@ -536,7 +552,7 @@ class FarmStore:
         vdisk: str,
         number: int,
         state: VersionState | Unset = UNSET,
-        sha256: str | None | Unset = UNSET,
+        sha256: str | Unset | None = UNSET,
     ) -> VDiskVersion:
         changes: dict[str, Any] = {}
         if state is not UNSET:
@@ -590,9 +606,7 @@ class FarmStore:
             self._audit(cursor, "replica.report", f"{server}:{vdisk}.{version}", sha256=sha256, state=state)
 
         self._run(True, work)
-        return next(
-            r for r in self.list_replicas(vdisk) if r.server == server and r.version == version
-        )
+        return next(r for r in self.list_replicas(vdisk) if r.server == server and r.version == version)
 
     def list_replicas(self, vdisk: str | None = None) -> list[Replica]:
         where, params = ("WHERE v.name = ?", (vdisk,)) if vdisk else ("", ())
@@ -607,7 +621,9 @@ class FarmStore:
             ),
         )
         return [
-            Replica(server=r[0], vdisk=r[1], version=r[2], sha256=r[3], state=ReplicaState(r[4]), verified_at=r[5])
+            Replica(
+                server=r[0], vdisk=r[1], version=r[2], sha256=r[3], state=ReplicaState(r[4]), verified_at=r[5]
+            )
             for r in rows
         ]
 
@@ -641,7 +657,9 @@ class FarmStore:
                    VALUES (?, ?, ?, ?, ?, ?, {now})""",
                 (mac, name, site_id, vdisk_id, enabled, type),
             )
-            self._audit(cursor, "device.add", mac, name=name, vdisk=vdisk, site=site, type=type, enabled=enabled)
+            self._audit(
+                cursor, "device.add", mac, name=name, vdisk=vdisk, site=site, type=type, enabled=enabled
+            )
 
         self._run(True, work)
         return self.get_device(mac)
@@ -669,8 +687,8 @@ class FarmStore:
         mac: str,
         *,
         name: str | Unset = UNSET,
-        vdisk: str | None | Unset = UNSET,
-        site: str | None | Unset = UNSET,
+        vdisk: str | Unset | None = UNSET,
+        site: str | Unset | None = UNSET,
         type: DeviceType | Unset = UNSET,
         enabled: bool | Unset = UNSET,
     ) -> Device:
@@ -685,7 +703,9 @@ class FarmStore:
             changes: dict[str, Any] = {}
             detail: dict[str, Any] = {}
             if not isinstance(name, Unset):
-                clash = self._one(cursor, "SELECT mac FROM devices WHERE name = ? AND id <> ?", (name, device_id))
+                clash = self._one(
+                    cursor, "SELECT mac FROM devices WHERE name = ? AND id <> ?", (name, device_id)
+                )
                 if clash:
                     raise AlreadyExists(f"a device named {name!r} exists already (MAC {clash[0]})")
                 changes["name"] = detail["name"] = name
@@ -749,9 +769,11 @@ class FarmStore:
         return bool(
             self._run(
                 True,
-                lambda cursor: self._exec(
-                    cursor, "UPDATE sessions SET last_seen = {now} WHERE id = ?", (session_id,)
-                ).rowcount,
+                lambda cursor: (
+                    self._exec(
+                        cursor, "UPDATE sessions SET last_seen = {now} WHERE id = ?", (session_id,)
+                    ).rowcount
+                ),
             )
         )
 
@@ -814,7 +836,8 @@ def _device(row: Any) -> Device:
 
 def _too_new(version: int, url: str) -> SchemaMismatch:
     return SchemaMismatch(
-        f"farm {url} has schema version {version}, newer than this pvsd knows ({LATEST_VERSION}): upgrade pvsd"
+        f"farm {url} has schema version {version}, newer than this pvsd knows "
+        f"({LATEST_VERSION}): upgrade pvsd"
     )
 
 

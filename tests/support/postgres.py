@@ -7,6 +7,7 @@ port, with trust authentication, in a temporary folder removed afterwards.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import shutil
@@ -23,7 +24,7 @@ from support.net import free_port
 
 
 class PostgresMissing(RuntimeError):
-    pass
+    """Debian's PostgreSQL server is not installed."""
 
 
 def postgres_bindir() -> Path:
@@ -46,6 +47,11 @@ def postgres_bindir() -> Path:
 class Cluster:
     port: int
     folder: Path
+    bindir: Path
+
+    @property
+    def data(self) -> Path:
+        return self.folder / "data"
 
     def url(self, database: str = "postgres") -> str:
         return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
@@ -54,6 +60,25 @@ class Cluster:
         with psycopg.connect(self.url(), autocommit=True) as connection:
             connection.execute(f'CREATE DATABASE "{name}"')
         return self.url(name)
+
+    def start(self) -> None:
+        options = f"-k {self.folder} -c listen_addresses=127.0.0.1 -p {self.port} -c fsync=off"
+        self._pg_ctl("-o", options, "-l", str(self.folder / "log"), "-w", "start")
+
+    def stop(self) -> None:
+        self._pg_ctl("-m", "immediate", "-w", "stop")
+
+    def _pg_ctl(self, *args: str) -> None:
+        try:
+            subprocess.run(
+                _as_owner([str(self.bindir / "pg_ctl"), "-D", str(self.data), *args]),
+                check=True,
+                capture_output=True,
+            )
+        except subprocess.CalledProcessError as error:
+            log = self.folder / "log"
+            detail = log.read_text() if log.exists() else ""
+            raise RuntimeError(f"pg_ctl {' '.join(args)} failed: {error.stderr!r}\n{detail}") from error
 
 
 def _as_owner(command: list[str]) -> list[str]:
@@ -67,28 +92,29 @@ def postgres_cluster() -> Iterator[Cluster]:
     if os.geteuid() == 0:
         entry = pwd.getpwnam("postgres")
         os.chown(folder, entry.pw_uid, entry.pw_gid)
-    data = folder / "data"
-    port = free_port()
-    pg_ctl = str(bindir / "pg_ctl")
+    cluster = Cluster(port=free_port(), folder=folder, bindir=bindir)
     try:
         subprocess.run(
-            _as_owner([str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres", "--no-sync"]),
+            _as_owner(
+                [
+                    str(bindir / "initdb"),
+                    "-D",
+                    str(cluster.data),
+                    "-A",
+                    "trust",
+                    "-U",
+                    "postgres",
+                    "--no-sync",
+                ]
+            ),
             check=True,
             capture_output=True,
         )
-        options = f"-k {folder} -c listen_addresses=127.0.0.1 -p {port} -c fsync=off"
-        subprocess.run(
-            _as_owner([pg_ctl, "-D", str(data), "-o", options, "-l", str(folder / "log"), "-w", "start"]),
-            check=True,
-            capture_output=True,
-        )
+        cluster.start()
         try:
-            yield Cluster(port=port, folder=folder)
+            yield cluster
         finally:
-            subprocess.run(_as_owner([pg_ctl, "-D", str(data), "-m", "immediate", "-w", "stop"]), capture_output=True)
-    except subprocess.CalledProcessError as error:
-        log = folder / "log"
-        detail = log.read_text() if log.exists() else ""
-        raise RuntimeError(f"throwaway PostgreSQL failed: {error}\n{error.stderr!r}\n{detail}") from error
+            with contextlib.suppress(RuntimeError):
+                cluster.stop()
     finally:
         shutil.rmtree(folder, ignore_errors=True)

@@ -38,7 +38,9 @@ def store(farm_url: str) -> FarmStore:
     return store
 
 
-def register(store: FarmStore, name: str, address: str, instance: str = "i1", dead_after: float = 8.0) -> None:
+def register(
+    store: FarmStore, name: str, address: str, instance: str = "i1", dead_after: float = 8.0
+) -> None:
     store.register_server(name, address, PORTS, 1.0, instance, dead_after)
 
 
@@ -251,7 +253,14 @@ def test_every_change_is_audited_with_who_what_when(store: FarmStore) -> None:
     store.heartbeat("pvs1", "i1")
     entries = store.list_audit()
     actions = [entry.action for entry in reversed(entries)]
-    assert actions == ["farm.init", "vdisk.create", "device.add", "device.set", "device.remove", "server.register"]
+    assert actions == [
+        "farm.init",
+        "vdisk.create",
+        "device.add",
+        "device.set",
+        "device.remove",
+        "server.register",
+    ]
     newest = entries[0]
     assert newest.actor == "test" and newest.at > 1.7e9
     assert json.loads(entries[2].detail) == {"enabled": False}

@@ -1,0 +1,96 @@
+"""Two real `pvsd serve` processes share one farm, on SQLite and on PostgreSQL, and see each other."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+import pytest
+from support.postgres import postgres_cluster
+from support.pvsd import pvsd, pvsd_env, serve, server_states, wait_for
+
+HEARTBEAT = 0.5
+DEAD_AFTER = 3.0
+
+
+def farm_env(farm_url: str) -> dict[str, str]:
+    env = pvsd_env(
+        farm_url, farm__heartbeat_interval=str(HEARTBEAT), farm__dead_after=str(DEAD_AFTER), log__level="info"
+    )
+    result = pvsd(env, "farm", "init")
+    assert result.returncode == 0, result.stderr
+    return env
+
+
+def states(env: dict[str, str]) -> dict[str, str]:
+    return {name: server["state"] for name, server in server_states(env).items()}
+
+
+def test_two_servers_see_each_other_then_die_and_stop(farm_url: str, tmp_path: Path) -> None:
+    env = farm_env(farm_url)
+    with (
+        serve(env, "pvs1", "127.0.0.11", tmp_path) as pvs1,
+        serve(env, "pvs2", "127.0.0.12", tmp_path) as pvs2,
+    ):
+        wait_for(lambda: states(env) == {"pvs1": "alive", "pvs2": "alive"}, timeout=20)
+        servers = server_states(env)
+        assert servers["pvs1"]["address"] == "127.0.0.11" and servers["pvs2"]["address"] == "127.0.0.12"
+        assert servers["pvs1"]["ports"]["login"] == 6910
+
+        pvs1.signal(signal.SIGKILL)
+        took = wait_for(lambda: states(env)["pvs1"] == "dead", timeout=DEAD_AFTER + 2)
+        assert took <= DEAD_AFTER + 2
+        assert states(env)["pvs2"] == "alive"
+
+        pvs2.signal(signal.SIGTERM)
+        assert pvs2.wait() == 0
+        assert states(env)["pvs2"] == "stopped"
+        events = [event["event"] for event in pvs2.log_events()]
+        assert "joined the farm" in events and "left the farm" in events
+
+
+def test_sigint_also_marks_the_server_stopped(tmp_path: Path) -> None:
+    env = farm_env(f"sqlite:///{tmp_path}/farm.db")
+    with serve(env, "pvs1", "127.0.0.11", tmp_path) as pvs1:
+        wait_for(lambda: states(env).get("pvs1") == "alive", timeout=20)
+        pvs1.signal(signal.SIGINT)
+        assert pvs1.wait() == 0
+    assert states(env) == {"pvs1": "stopped"}
+
+
+def test_a_second_server_with_the_same_name_and_another_address_refuses_to_start(
+    farm_url: str, tmp_path: Path
+) -> None:
+    env = farm_env(farm_url)
+    with serve(env, "pvs1", "127.0.0.11", tmp_path):
+        wait_for(lambda: states(env).get("pvs1") == "alive", timeout=20)
+        with serve(env, "pvs1", "127.0.0.13", tmp_path) as impostor:
+            assert impostor.wait() == 2
+            assert "already running at 127.0.0.11" in impostor.log_text()
+            assert "Traceback" not in impostor.log_text()
+        assert server_states(env)["pvs1"]["address"] == "127.0.0.11"
+        assert states(env)["pvs1"] == "alive"
+
+
+def test_serve_without_a_farm_exits_1_with_a_hint(tmp_path: Path) -> None:
+    env = pvsd_env(f"sqlite:///{tmp_path}/none.db")
+    with serve(env, "pvs1", "127.0.0.11", tmp_path) as server:
+        assert server.wait() == 1
+        assert "pvsd farm init" in server.log_text()
+
+
+@pytest.mark.timeout(120)
+def test_a_server_keeps_running_through_a_database_outage(tmp_path: Path) -> None:
+    with postgres_cluster() as cluster:
+        env = farm_env(cluster.url())
+        with serve(env, "pvs1", "127.0.0.11", tmp_path) as pvs1:
+            wait_for(lambda: states(env).get("pvs1") == "alive", timeout=20)
+            cluster.stop()
+            wait_for(lambda: "farm database unreachable" in pvs1.log_text(), timeout=20)
+            assert pvs1.process.poll() is None
+            cluster.start()
+            wait_for(lambda: "farm database reachable again" in pvs1.log_text(), timeout=30)
+            wait_for(lambda: states(env).get("pvs1") == "alive", timeout=10)
+            pvs1.signal(signal.SIGTERM)
+            assert pvs1.wait() == 0
+        assert states(env)["pvs1"] == "stopped"
