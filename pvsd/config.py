@@ -296,42 +296,40 @@ def _build(merged: dict[str, dict[str, tuple[Any, str]]]) -> Config:
     return config
 
 
+def _bool_from_text(text: str) -> bool:
+    lowered = text.lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(text)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+# For each key type: what the error says is expected, which TOML values are accepted,
+# and how a string from the environment is parsed.
+_TYPES: dict[type[Any], tuple[str, Callable[[Any], bool], Callable[[str], Any]]] = {
+    bool: ("true or false", lambda value: isinstance(value, bool), _bool_from_text),
+    int: ("a whole number", lambda value: isinstance(value, int) and not isinstance(value, bool), int),
+    float: ("a number", _is_number, float),
+    str: ("a string", lambda value: isinstance(value, str), str),
+}
+
+
 def _typed(value: Any, typ: type[Any], key: str, source: str) -> Any:
     """Check a TOML value against the key's type; strings from the environment are parsed first."""
-    from_env = source.startswith("$") and isinstance(value, str)
-    if typ is bool:
-        if from_env:
-            lowered = value.strip().lower()
-            if lowered in ("1", "true", "yes", "on"):
-                return True
-            if lowered in ("0", "false", "no", "off"):
-                return False
-        elif isinstance(value, bool):
-            return value
-        raise ConfigError(key, f"expected true or false, got {value!r}", source)
-    if typ is int:
-        if from_env:
-            try:
-                return int(value.strip())
-            except ValueError:
-                pass
-        elif isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise ConfigError(key, f"expected a whole number, got {value!r}", source)
-    if typ is float:
-        if from_env:
-            try:
-                return float(value.strip())
-            except ValueError:
-                pass
-        elif isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-        raise ConfigError(key, f"expected a number, got {value!r}", source)
-    if typ is str:
-        if isinstance(value, str):
-            return value
-        raise ConfigError(key, f"expected a string, got {value!r}", source)
-    raise AssertionError(f"config key {key} has a type the loader does not know: {typ}")
+    expected, accepts, from_text = _TYPES[typ]
+    if source.startswith("$") and isinstance(value, str):
+        try:
+            return from_text(value.strip())
+        except ValueError:
+            pass
+    elif accepts(value):
+        return typ(value)
+    raise ConfigError(key, f"expected {expected}, got {value!r}", source)
 
 
 def _suggest(name: str, known: Mapping[str, Any] | dict[str, Any]) -> str:
