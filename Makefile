@@ -7,9 +7,9 @@ BIN    := $(VENV)/bin
 PVSD   := $(BIN)/pvsd
 
 # Debian packages the tests drive for real (PostgreSQL is started by the tests themselves).
-DEBIAN_PACKAGES := postgresql
+DEBIAN_PACKAGES := postgresql atftp tftp-hpa tftpd-hpa dnsmasq-base curl
 
-.PHONY: test demo lint typecheck pytest debian-deps clean
+.PHONY: test demo lint typecheck pytest debian-deps clean bench-tftp
 
 $(BIN)/python:
 	@scripts/install-debian-deps python-venv
@@ -37,6 +37,10 @@ test: lint typecheck pytest
 
 demo: $(VENV)/.installed
 	@scripts/demo.sh
+
+# Benchmarks compare pvsd with its peers on this machine; they print a table and write JSON.
+bench-tftp: $(VENV)/.installed debian-deps
+	$(BIN)/python bench/tftp.py
 
 clean:
 	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache .hypothesis

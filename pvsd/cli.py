@@ -19,8 +19,9 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from pvsd import __version__
-from pvsd.config import Config, load_config
+from pvsd.config import Config, load_config, render_toml
 from pvsd.errors import BadInput, PvsdError
+from pvsd.farm.bootstrap import BOOTSTRAP_NAME, bootstrap_document, render_bootstrap
 from pvsd.farm.records import AccessMode, DeviceType, ServerHealth
 from pvsd.farm.store import UNSET, FarmStore, init_farm, open_store
 from pvsd.log import LOG_FORMATS, configure_logging, get_logger
@@ -381,6 +382,36 @@ def _session_list(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
+# -- bootstrap and config ----------------------------------------------------------------------------
+
+
+def _bootstrap_show(args: argparse.Namespace, config: Config) -> int:
+    store = _store(config)
+    name = args.server or config.server.name
+    this = store.get_server(name)
+    health = this.health(config.farm.dead_after)
+    if health is not ServerHealth.ALIVE:
+        print(
+            f"pvsd: warning: server {name!r} is {health}: targets get no bootstrap from it now",
+            file=sys.stderr,
+        )
+    document = bootstrap_document(
+        store.get_farm().name, this, store.list_servers(), config.farm.dead_after, config.bootstrap
+    )
+    sys.stdout.write(render_bootstrap(document).decode())
+    return 0
+
+
+def _config_show(args: argparse.Namespace, config: Config) -> int:
+    sys.stdout.write(render_toml(config, with_help=False))
+    return 0
+
+
+def _config_defaults(args: argparse.Namespace, config: Config) -> int:
+    sys.stdout.write(render_toml(Config(), with_help=True))
+    return 0
+
+
 # -- the parser ---------------------------------------------------------------------------------------
 
 
@@ -503,6 +534,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     with_json(command(vdisk, "list", _vdisk_list, "list vDisks"))
     command(vdisk, "remove", _vdisk_remove, "remove a vDisk no device uses").add_argument("name")
+
+    bootstrap = group("bootstrap", "what targets download to find the farm's servers")
+    show = command(
+        bootstrap, "show", _bootstrap_show, f"print the {BOOTSTRAP_NAME} a target gets from a server"
+    )
+    show.add_argument("--server", help="the serving server (default: [server] name)")
+    show.add_argument(
+        "--format", choices=("json",), default="json", help="json: pvs.bootstrap for the target agent"
+    )
+
+    config_group = group("config", "the configuration")
+    command(config_group, "show", _config_show, "print the effective config (file, environment, defaults)")
+    command(config_group, "defaults", _config_defaults, "print every key with its default and help")
 
     session = group("session", "targets' streaming sessions")
     with_json(command(session, "list", _session_list, "which device streams from which server"))

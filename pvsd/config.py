@@ -26,6 +26,7 @@ from pvsd.names import NAME_PATTERN, NAME_RULE
 
 __all__ = [
     "ApiConfig",
+    "BootstrapConfig",
     "Config",
     "ConfigError",
     "DhcpConfig",
@@ -37,6 +38,7 @@ __all__ = [
     "TftpConfig",
     "default_table",
     "load_config",
+    "render_toml",
 ]
 
 ENV_PREFIX = "PVSD_"
@@ -154,10 +156,55 @@ class LogConfig:
     level: str = _key("info", "least severe level logged: debug, info, warning or error", _log_level)
 
 
+def _blksize_or_auto(value: int) -> str | None:
+    return (
+        None if value == 0 or 8 <= value <= 65464 else f"{value} is not 0 (path MTU) or a block size 8-65464"
+    )
+
+
+def _windowsize(value: int) -> str | None:
+    return None if 1 <= value <= 64 else f"{value} is not a window size 1-64"
+
+
+def _recovery(value: str) -> str | None:
+    return None if value in ("restore", "reboot") else f"{value!r} is not restore or reboot"
+
+
 @dataclass(frozen=True)
 class TftpConfig:
-    enabled: bool = _key(True, "serve the boot files over TFTP (not built yet)")
+    enabled: bool = _key(True, "serve boot files over TFTP")
     port: int = _key(69, "UDP port of the TFTP service", _port)
+    root: str = _key("/srv/tftp", "folder of the files served; names resolve inside it only")
+    bind: str = _key("", "listen address for TFTP; empty means [server] bind", _ipv4_or_empty)
+    max_transfers: int = _key(
+        500, "transfers at once; more requests get TFTP error 3 (server busy)", _positive
+    )
+    single_port: bool = _key(False, "answer every transfer from the TFTP port itself (for NAT and docker)")
+    max_blksize: int = _key(0, "largest block size granted; 0 means the path MTU allows", _blksize_or_auto)
+    max_windowsize: int = _key(64, "largest RFC 7440 window granted (1-64)", _windowsize)
+    timeout: float = _key(
+        1.0, "seconds before the first retransmission; doubles each time, up to 8", _positive
+    )
+    abandon_after: float = _key(
+        30.0, "seconds without an acknowledgement before a transfer is given up", _positive
+    )
+    cache_mb: int = _key(
+        256, "memory for files shared by concurrent transfers (files up to a quarter of it)", _positive
+    )
+
+
+@dataclass(frozen=True)
+class BootstrapConfig:
+    login_polling_timeout_ms: int = _key(
+        5000, "how long a target waits for a login reply before the next server", _positive
+    )
+    login_general_timeout_ms: int = _key(
+        5000, "how long a target waits for any other reply before retrying", _positive
+    )
+    recovery: str = _key("restore", "when every server is lost: restore (keep trying) or reboot", _recovery)
+    reboot_delay_s: int = _key(
+        50, "with recovery = reboot: seconds of trying before the target reboots", _positive
+    )
 
 
 @dataclass(frozen=True)
@@ -192,6 +239,7 @@ class Config:
     farm: FarmConfig = field(default_factory=FarmConfig)
     log: LogConfig = field(default_factory=LogConfig)
     tftp: TftpConfig = field(default_factory=TftpConfig)
+    bootstrap: BootstrapConfig = field(default_factory=BootstrapConfig)
     dhcp: DhcpConfig = field(default_factory=DhcpConfig)
     login: LoginConfig = field(default_factory=LoginConfig)
     stream: StreamConfig = field(default_factory=StreamConfig)
@@ -200,6 +248,37 @@ class Config:
 
 def _sections() -> dict[str, type[Any]]:
     return {name: typ for name, typ in typing.get_type_hints(Config).items()}
+
+
+REFERENCE_HEADER = """\
+# pvsd configuration: every key, with its default and what it does.
+# pvsd reads this file when given --config FILE or $PVSD_CONFIG; with neither it uses these defaults.
+# Any key can also be set from the environment as PVSD_<SECTION>__<KEY>, e.g. PVSD_FARM__DATABASE=...
+# Services marked "not built yet" have their section so that configs written now keep working.
+# This file is `pvsd config defaults`; a test keeps the two identical.
+"""
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return repr(value)
+
+
+def render_toml(config: Config, with_help: bool) -> str:
+    """The config as TOML; with_help puts each key's one-line help above it."""
+    lines = [REFERENCE_HEADER] if with_help else []
+    for section in dataclasses.fields(config):
+        lines.append(f"[{section.name}]")
+        values = getattr(config, section.name)
+        for key in dataclasses.fields(values):
+            if with_help:
+                lines.append(f"# {key.metadata['help']}")
+            lines.append(f"{key.name} = {_toml_value(getattr(values, key.name))}")
+        lines.append("")
+    return "\n".join(lines).rstrip() + "\n"
 
 
 def default_table() -> dict[str, dict[str, Any]]:
@@ -345,4 +424,7 @@ def _resolve(config: Config) -> Config:
         server = dataclasses.replace(server, name=hostname if NAME_PATTERN.fullmatch(hostname) else "pvsd")
     if not server.bind:
         server = dataclasses.replace(server, bind=server.address)
-    return dataclasses.replace(config, server=server)
+    tftp = config.tftp
+    if not tftp.bind:
+        tftp = dataclasses.replace(tftp, bind=server.bind)
+    return dataclasses.replace(config, server=server, tftp=tftp)

@@ -9,9 +9,13 @@ import signal
 import structlog
 
 from pvsd.config import Config
+from pvsd.errors import Failure
+from pvsd.farm.bootstrap import BOOTSTRAP_NAME, BootstrapCache
 from pvsd.farm.membership import Membership
+from pvsd.farm.records import Server
 from pvsd.farm.store import FarmStore, open_store
 from pvsd.privileges import drop_privileges
+from pvsd.tftp.server import TftpServer
 
 __all__ = ["advertised_ports", "serve"]
 
@@ -57,8 +61,12 @@ async def serve(config: Config, actor: str, log: structlog.stdlib.BoundLogger) -
                 address=config.server.address,
                 hint="set [server] address to this host's address on the boot network",
             )
-        await membership.join()
+        this = await membership.join()
+        services: list[TftpServer] = []
         try:
+            await membership.refresh(loop.time())
+            farm = await asyncio.to_thread(store.get_farm)
+            services = await _start_services(config, farm.name, this, membership, log)
             if drop_privileges(config.server.user):
                 log.info("switched user after binding", user=config.server.user)
             log.info(
@@ -79,6 +87,33 @@ async def serve(config: Config, actor: str, log: structlog.stdlib.BoundLogger) -
                 heartbeats.result()  # only ends by raising, e.g. MembershipLost
             log.info("stopping on signal", server=config.server.name)
         finally:
+            for service in services:
+                await service.close()
             await membership.leave()
     finally:
         await asyncio.to_thread(store.close)
+
+
+async def _start_services(
+    config: Config, farm: str, this: Server, membership: Membership, log: structlog.stdlib.BoundLogger
+) -> list[TftpServer]:
+    """Bind every enabled service; a port that cannot be bound stops the start with a clear error."""
+    services: list[TftpServer] = []
+    if config.tftp.enabled:
+        tftp = TftpServer.from_config(config.tftp, log)
+        bootstrap = BootstrapCache(farm, config.bootstrap, config.farm.dead_after)
+        loop = asyncio.get_running_loop()
+
+        async def bootstrap_file() -> bytes:
+            return bootstrap.content(this, membership.known_servers(loop.time()))
+
+        tftp.registry.register(BOOTSTRAP_NAME, bootstrap_file)
+        try:
+            await tftp.start()
+        except OSError as error:
+            raise Failure(
+                f"cannot listen for TFTP on {config.tftp.bind}:{config.tftp.port}: {error.strerror} "
+                "(another TFTP server running? set [tftp] port or enabled = false)"
+            ) from error
+        services.append(tftp)
+    return services

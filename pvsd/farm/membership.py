@@ -8,6 +8,7 @@ the start of the outage, every OUTAGE_REMINDER_S while it lasts, and when it end
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import secrets
 import socket
@@ -60,6 +61,8 @@ class Membership:
         self.instance = new_instance_token()
         self._outage_started: float | None = None
         self._outage_reported: float = 0.0
+        self._view: list[Server] = []
+        self._view_read_at: float | None = None
 
     async def join(self) -> Server:
         server = await asyncio.to_thread(
@@ -74,6 +77,33 @@ class Membership:
         )
         self.log.info("joined the farm", server=self.name, address=self.address, instance=self.instance)
         return server
+
+    def known_servers(self, now: float) -> list[Server]:
+        """The farm as last read, with heartbeat ages brought up to `now` (loop time).
+
+        While the database is unreachable this is the last view: servers then age into
+        dead one by one, except this one, which knows it is alive.
+        """
+        if self._view_read_at is None:
+            return []
+        elapsed = max(0.0, now - self._view_read_at)
+        aged = []
+        for server in self._view:
+            if server.name == self.name:
+                aged.append(dataclasses.replace(server, heartbeat_age=0.0))
+            elif server.heartbeat_age is not None:
+                aged.append(dataclasses.replace(server, heartbeat_age=server.heartbeat_age + elapsed))
+            else:
+                aged.append(server)
+        return aged
+
+    async def refresh(self, now: float) -> None:
+        """Read the farm's servers; keeps the old view if the database is unreachable."""
+        try:
+            view = await asyncio.to_thread(self.store.list_servers)
+        except StoreUnavailable:
+            return
+        self._view, self._view_read_at = view, now
 
     async def run(self) -> None:
         """Heartbeat until cancelled; raises MembershipLost if another process takes the name."""
@@ -90,6 +120,7 @@ class Membership:
             self._database_down(now, str(error))
             return
         self._database_up(now)
+        await self.refresh(now)
         if result is HeartbeatResult.MISSING:
             self.log.warning("this server's farm record was removed; registering again", server=self.name)
             await self.join()

@@ -1,0 +1,357 @@
+"""The TFTP service: read requests on one port, each transfer on its own port (or on the
+service port itself in single-port mode), all in one event loop.
+
+Glue only: packets go through codec.decode, transfers through session.ReadSession, files
+through sources.SourceRegistry. Write requests are refused with error 2. Over
+max_transfers, requests get error 3. Nothing a client sends can raise out of here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import structlog
+
+from pvsd.config import TftpConfig
+from pvsd.log import request_logger
+from pvsd.net.reader import DecodeError, ProtocolError
+from pvsd.net.udp import Address, UdpEndpoint, path_mtu
+from pvsd.tftp.codec import (
+    MAX_BLKSIZE,
+    Error,
+    ErrorCode,
+    Opcode,
+    Packet,
+    ReadRequest,
+    WriteRequest,
+    decode,
+    encode,
+)
+from pvsd.tftp.session import Limits, Outcome, ReadSession, Summary, check_request
+from pvsd.tftp.sources import FileCache, Source, SourceRegistry
+
+__all__ = ["TftpServer", "TftpStats"]
+
+IP_UDP_TFTP_HEADERS = 20 + 8 + 4
+
+
+@dataclass
+class TftpStats:
+    """Counters for the metrics endpoint. Monotonic except `active`."""
+
+    requests: int = 0
+    malformed: int = 0
+    refused: int = 0
+    busy: int = 0
+    completed: int = 0
+    failed: int = 0
+    bytes_sent: int = 0
+    retransmits: int = 0
+    active: int = 0
+    refusals: dict[str, int] = field(default_factory=dict)
+
+
+class Transfer:
+    """One running read: its session, its endpoint (or the shared one), its timer."""
+
+    __slots__ = ("endpoint", "log", "own_endpoint", "peer", "session", "source", "timer", "timer_at")
+
+    def __init__(
+        self,
+        session: ReadSession,
+        source: Source,
+        endpoint: UdpEndpoint,
+        own_endpoint: bool,
+        peer: Address,
+        log: structlog.stdlib.BoundLogger,
+    ) -> None:
+        self.session = session
+        self.source = source
+        self.endpoint = endpoint
+        self.own_endpoint = own_endpoint
+        self.peer = peer
+        self.log = log
+        self.timer: asyncio.TimerHandle | None = None
+        self.timer_at = float("inf")
+
+
+class TftpServer:
+    def __init__(
+        self, config: TftpConfig, registry: SourceRegistry, log: structlog.stdlib.BoundLogger
+    ) -> None:
+        self.config = config
+        self.registry = registry
+        self.log = log.bind(component="tftp")
+        self.stats = TftpStats()
+        self.limits = Limits(
+            max_windowsize=config.max_windowsize, timeout=config.timeout, abandon_after=config.abandon_after
+        )
+        self._endpoint: UdpEndpoint | None = None
+        self._by_peer: dict[Address, Transfer] = {}  # single-port mode: transfers by client address
+        self._transfers: set[Transfer] = set()
+        self._opening = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    @classmethod
+    def from_config(cls, config: TftpConfig, log: structlog.stdlib.BoundLogger) -> TftpServer:
+        registry = SourceRegistry(Path(config.root), FileCache(config.cache_mb << 20))
+        return cls(config, registry, log)
+
+    @property
+    def address(self) -> Address:
+        assert self._endpoint is not None
+        return self._endpoint.address
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._endpoint = UdpEndpoint.bind(
+            self.config.bind, self.config.port, self._on_request, self._on_socket_error
+        )
+        root = Path(self.config.root)
+        if not await asyncio.to_thread(root.is_dir):
+            self.log.warning(
+                "TFTP root is not a folder: only generated files will be served",
+                root=str(root),
+                generated=self.registry.generated_names,
+            )
+        self.log.info(
+            "TFTP listening",
+            address=f"{self.address[0]}:{self.address[1]}",
+            root=str(root),
+            single_port=self.config.single_port,
+        )
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        for transfer in list(self._transfers):
+            self._end(transfer, log_it=False)
+        if self._endpoint is not None:
+            self._endpoint.close()
+            self._endpoint = None
+
+    # -- requests on the service port --------------------------------------------------------------
+
+    def _on_socket_error(self, error: OSError) -> None:
+        self.log.debug("TFTP socket error", error=str(error))
+
+    def _on_request(self, data: bytes, peer: Address) -> None:
+        if self.config.single_port:
+            transfer = self._by_peer.get(peer)
+            if transfer is not None and not _is_request(data):
+                self._on_transfer_datagram(transfer, data)
+                return
+        log = request_logger(self.log, peer)
+        try:
+            packet = decode(data)
+        except DecodeError as error:
+            self.stats.malformed += 1
+            log.debug("malformed TFTP packet dropped", reason=str(error), length=len(data))
+            if _is_request(data):
+                self._reply_error(peer, ErrorCode.ILLEGAL_OPERATION, f"malformed request: {error}")
+            return
+        if isinstance(packet, WriteRequest):
+            self._refuse(
+                peer, log, packet.filename, ErrorCode.ACCESS_VIOLATION, "write requests are not allowed"
+            )
+            return
+        if not isinstance(packet, ReadRequest):
+            # A stray ACK or DATA for a transfer that is over, or a scan: no answer.
+            log.debug("unexpected TFTP packet on the service port", packet=type(packet).__name__)
+            return
+        self.stats.requests += 1
+        if self.config.single_port:
+            old = self._by_peer.get(peer)
+            if old is not None:
+                if old.session.request == packet:
+                    return  # the client resent its request before our first answer reached it
+                self._end(old, log_it=False)
+        if len(self._transfers) + self._opening >= self.config.max_transfers:
+            self.stats.busy += 1
+            log.warning(
+                "TFTP request refused: server busy", file=packet.filename, limit=self.config.max_transfers
+            )
+            self._reply_error(peer, ErrorCode.DISK_FULL, "server busy: too many transfers, try again")
+            return
+        self._opening += 1
+        task = asyncio.get_running_loop().create_task(self._start_transfer(packet, peer, log))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _reply_error(self, peer: Address, code: int, message: str) -> None:
+        if self._endpoint is not None:
+            self._endpoint.send(encode(Error(code, message)), peer)
+
+    def _refuse(
+        self, peer: Address, log: structlog.stdlib.BoundLogger, name: str, code: int, reason: str
+    ) -> None:
+        self.stats.refused += 1
+        self.stats.refusals[reason] = self.stats.refusals.get(reason, 0) + 1
+        log.info("TFTP request refused", file=name, reason=reason, error_code=int(code))
+        self._reply_error(
+            peer, ErrorCode(code) if code in ErrorCode._value2member_map_ else ErrorCode.NOT_DEFINED, reason
+        )
+
+    async def _start_transfer(
+        self, request: ReadRequest, peer: Address, log: structlog.stdlib.BoundLogger
+    ) -> None:
+        log = log.bind(file=request.filename)
+        source: Source | None = None
+        try:
+            check_request(request)
+            source = await self.registry.open(request.filename, netascii=request.mode == "netascii")
+            endpoint, own = self._transfer_endpoint(peer)
+        except ProtocolError as error:
+            self._opening -= 1
+            self._refuse(peer, log, request.filename, error.code, error.message)
+            if source is not None:
+                source.close()
+            return
+        except OSError as error:
+            self._opening -= 1
+            log.error("TFTP transfer could not start", error=str(error))
+            self._reply_error(peer, ErrorCode.NOT_DEFINED, "server error")
+            if source is not None:
+                source.close()
+            return
+        self._opening -= 1
+        limits = self.limits
+        mtu = endpoint.mtu() if own else path_mtu(self.config.bind, peer)
+        max_blksize = self.config.max_blksize or (mtu - IP_UDP_TFTP_HEADERS if mtu else 1468)
+        limits = Limits(
+            max_blksize=min(max_blksize, MAX_BLKSIZE),
+            max_windowsize=limits.max_windowsize,
+            timeout=limits.timeout,
+            abandon_after=limits.abandon_after,
+        )
+        session = ReadSession(request, source, limits, self._now())
+        transfer = Transfer(session, source, endpoint, own, peer, log)
+        self._transfers.add(transfer)
+        self.stats.active = len(self._transfers)
+        if own:
+            endpoint.on_datagram = lambda data, address: self._on_transfer_packet(transfer, data, address)
+            endpoint.on_error = lambda error: self._on_transfer_error(transfer, error)
+        else:
+            self._by_peer[peer] = transfer
+        log.debug(
+            "TFTP transfer started", size=source.size, blksize=session.blksize, windowsize=session.windowsize
+        )
+        self._flush(transfer)
+
+    def _transfer_endpoint(self, peer: Address) -> tuple[UdpEndpoint, bool]:
+        if self.config.single_port:
+            assert self._endpoint is not None
+            return self._endpoint, False
+        # A new port per transfer, connected to the client: the kernel then drops datagrams
+        # from anyone else, and an ICMP "port unreachable" ends a transfer whose client died.
+        endpoint = UdpEndpoint.bind(self.config.bind, 0, lambda data, address: None, connect_to=peer)
+        return endpoint, True
+
+    # -- running transfers -------------------------------------------------------------------------
+
+    def _now(self) -> float:
+        assert self._loop is not None
+        return self._loop.time()
+
+    def _on_transfer_packet(self, transfer: Transfer, data: bytes, address: Address) -> None:
+        if address != transfer.peer:
+            return  # connected sockets only see the peer; be safe anyway
+        self._on_transfer_datagram(transfer, data)
+
+    def _on_transfer_datagram(self, transfer: Transfer, data: bytes) -> None:
+        try:
+            packet: Packet = decode(data)
+        except DecodeError as error:
+            self.stats.malformed += 1
+            transfer.log.debug("malformed TFTP packet dropped", reason=str(error), length=len(data))
+            return
+        transfer.session.receive(packet, self._now())
+        self._flush(transfer)
+
+    def _on_transfer_error(self, transfer: Transfer, error: OSError) -> None:
+        # ECONNREFUSED: the client's port is closed, so it is gone. Nothing more to send.
+        if transfer in self._transfers:
+            transfer.session.client_gone(self._now(), f"client unreachable: {error.strerror}")
+            self._end(transfer)
+
+    def _flush(self, transfer: Transfer) -> None:
+        session = transfer.session
+        datagrams = session.take_datagrams()
+        if datagrams:
+            address = None if transfer.own_endpoint else transfer.peer
+            transfer.endpoint.send_many(datagrams, address)
+        if session.done:
+            self._end(transfer)
+            return
+        if session.deadline < transfer.timer_at:
+            self._arm(transfer, session.deadline)
+
+    def _arm(self, transfer: Transfer, when: float) -> None:
+        assert self._loop is not None
+        if transfer.timer is not None:
+            transfer.timer.cancel()
+        transfer.timer_at = when
+        transfer.timer = self._loop.call_at(when, self._on_timer, transfer)
+
+    def _on_timer(self, transfer: Transfer) -> None:
+        transfer.timer = None
+        transfer.timer_at = float("inf")
+        if transfer not in self._transfers:
+            return
+        now = self._now()
+        if now < transfer.session.deadline:
+            self._arm(transfer, transfer.session.deadline)  # progress moved the deadline on
+            return
+        transfer.session.on_timer(now)
+        self._flush(transfer)
+
+    def _end(self, transfer: Transfer, log_it: bool = True) -> None:
+        if transfer not in self._transfers:
+            return
+        self._transfers.discard(transfer)
+        if self._by_peer.get(transfer.peer) is transfer:
+            del self._by_peer[transfer.peer]
+        if transfer.timer is not None:
+            transfer.timer.cancel()
+        if transfer.own_endpoint:
+            transfer.endpoint.close()
+        transfer.source.close()
+        self.stats.active = len(self._transfers)
+        summary = transfer.session.summary()
+        self.stats.bytes_sent += summary.bytes_sent
+        self.stats.retransmits += summary.retransmits
+        if summary.outcome is Outcome.COMPLETE:
+            self.stats.completed += 1
+        else:
+            self.stats.failed += 1
+        if log_it:
+            _log_summary(transfer.log, summary)
+
+
+def _log_summary(log: structlog.stdlib.BoundLogger, summary: Summary) -> None:
+    fields = {
+        "outcome": str(summary.outcome),
+        "bytes": summary.bytes_sent,
+        "size": summary.size,
+        "blksize": summary.blksize,
+        "windowsize": summary.windowsize,
+        "retransmits": summary.retransmits,
+        "duration_s": round(summary.duration, 3),
+    }
+    if summary.duration > 0 and summary.bytes_sent:
+        fields["mb_per_s"] = round(summary.bytes_sent / summary.duration / 1e6, 1)
+    if summary.detail:
+        fields["detail"] = summary.detail
+    if summary.outcome is Outcome.COMPLETE:
+        log.info("TFTP transfer complete", **fields)
+    elif summary.outcome is Outcome.CLIENT_ERROR:
+        log.info("TFTP transfer ended by the client", **fields)
+    else:
+        log.warning("TFTP transfer failed", **fields)
+
+
+def _is_request(data: bytes) -> bool:
+    return len(data) >= 2 and data[0] == 0 and data[1] in (Opcode.RRQ, Opcode.WRQ)

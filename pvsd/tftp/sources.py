@@ -1,0 +1,260 @@
+"""Where TFTP data comes from: files under the root, kept safe and shared, and generated files.
+
+A requested name is checked before anything touches the disk: NUL bytes, backslashes, a
+leading `/`, `..` components, symlinks that leave the root, and anything that is not a
+regular file are each refused with their own reason. Files up to a bound are read once
+into memory and shared by every transfer that wants them (a boot storm reads the disk
+once); larger ones are read per block with pread, sharing the kernel's page cache.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import stat
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from pvsd.net.reader import ProtocolError
+from pvsd.tftp.codec import ErrorCode
+
+__all__ = [
+    "BytesSource",
+    "FileCache",
+    "FileSource",
+    "GeneratedFile",
+    "Source",
+    "SourceRegistry",
+    "resolve_path",
+    "to_netascii",
+]
+
+
+class Source(Protocol):
+    """A file being served: the size, reads at any offset, and close when the transfer ends."""
+
+    @property
+    def size(self) -> int: ...
+
+    def read(self, offset: int, length: int) -> bytes: ...
+
+    def close(self) -> None: ...
+
+
+class BytesSource:
+    """A source over bytes in memory; `on_close` lets a cache count its users."""
+
+    def __init__(self, data: bytes, on_close: Callable[[], None] | None = None) -> None:
+        self._data = data
+        self._view = memoryview(data)
+        self._on_close = on_close
+
+    @property
+    def size(self) -> int:
+        return len(self._data)
+
+    def read(self, offset: int, length: int) -> bytes:
+        return bytes(self._view[offset : offset + length])
+
+    def close(self) -> None:
+        if self._on_close is not None:
+            self._on_close()
+            self._on_close = None
+
+
+class FileSource:
+    """A large file read block by block from its own descriptor."""
+
+    def __init__(self, fd: int, size: int) -> None:
+        self._fd = fd
+        self._size = size
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    def read(self, offset: int, length: int) -> bytes:
+        return os.pread(self._fd, length, offset)
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+def to_netascii(data: bytes) -> bytes:
+    """RFC 1350 netascii from Unix text: CR becomes CR NUL, LF becomes CR LF."""
+    return data.replace(b"\r", b"\r\0").replace(b"\n", b"\r\n")
+
+
+def _refuse(reason: str, code: ErrorCode = ErrorCode.ACCESS_VIOLATION) -> ProtocolError:
+    return ProtocolError(code, reason)
+
+
+def resolve_path(root: Path, name: str) -> Path:
+    """The real path of `name` inside `root`, or ProtocolError with the reason it is refused."""
+    if not name:
+        raise _refuse("empty file name")
+    if "\0" in name:
+        raise _refuse("NUL byte in file name")
+    if "\\" in name:
+        raise _refuse("backslash in file name")
+    if name.startswith("/"):
+        raise _refuse("absolute path")
+    if ".." in name.split("/"):
+        raise _refuse("parent directory (..) in file name")
+    real_root = root.resolve()
+    try:
+        real = (real_root / name).resolve(strict=True)
+    except FileNotFoundError:
+        raise _refuse("no such file", ErrorCode.FILE_NOT_FOUND) from None
+    except (OSError, RuntimeError) as error:  # symlink loops, unreadable folders
+        raise _refuse(f"cannot resolve: {error}") from None
+    if not real.is_relative_to(real_root):
+        raise _refuse("symlink points outside the TFTP root")
+    try:
+        mode = real.stat().st_mode
+    except OSError as error:
+        raise _refuse(f"cannot stat: {error.strerror}") from None
+    if not stat.S_ISREG(mode):
+        raise _refuse("not a regular file (directory, device or fifo)")
+    return real
+
+
+@dataclass
+class _Entry:
+    data: bytes
+    users: int = 0
+
+
+class FileCache:
+    """Whole files in memory, shared by concurrent transfers, bounded in total size (LRU)."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.max_file = max_bytes // 4
+        self._entries: OrderedDict[tuple[int, int, int, int], _Entry] = OrderedDict()
+        self._loading: dict[tuple[int, int, int, int], asyncio.Future[bytes]] = {}
+        self.loads = 0
+
+    @property
+    def bytes_cached(self) -> int:
+        return sum(len(entry.data) for entry in self._entries.values())
+
+    async def open(self, path: Path) -> Source:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                raise _refuse("not a regular file (directory, device or fifo)")
+            if info.st_size > self.max_file:
+                source = FileSource(fd, info.st_size)
+                fd = -1
+                return source
+            key = (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
+            entry = self._entries.get(key)
+            if entry is None:
+                data = await self._load(key, fd, info.st_size)
+                # Whoever resumes first after the shared load stores the entry.
+                entry = self._entries.setdefault(key, _Entry(data))
+        finally:
+            if fd >= 0:
+                os.close(fd)
+        self._entries.move_to_end(key)
+        entry.users += 1
+        self._evict()
+        return BytesSource(entry.data, on_close=lambda: self._release(key))
+
+    async def _load(self, key: tuple[int, int, int, int], fd: int, size: int) -> bytes:
+        """Read a file once however many transfers ask for it at the same moment."""
+        pending = self._loading.get(key)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        pending = asyncio.get_running_loop().create_future()
+        self._loading[key] = pending
+        try:
+            data = await asyncio.to_thread(_read_all, fd, size)
+        except asyncio.CancelledError:
+            pending.cancel()
+            raise
+        except Exception as error:
+            pending.set_exception(error)
+            pending.exception()  # mark it retrieved: waiters re-raise it, nobody else needs to
+            raise
+        finally:
+            del self._loading[key]
+        self.loads += 1
+        pending.set_result(data)
+        return data
+
+    def _release(self, key: tuple[int, int, int, int]) -> None:
+        entry = self._entries.get(key)
+        if entry is not None:
+            entry.users -= 1
+        self._evict()
+
+    def _evict(self) -> None:
+        total = self.bytes_cached
+        for key in list(self._entries):
+            if total <= self.max_bytes:
+                break
+            entry = self._entries[key]
+            if entry.users == 0:
+                total -= len(entry.data)
+                del self._entries[key]
+
+
+def _read_all(fd: int, size: int) -> bytes:
+    chunks = []
+    offset = 0
+    while offset < size:
+        chunk = os.pread(fd, min(size - offset, 1 << 20), offset)
+        if not chunk:
+            break  # the file shrank under us; serve what is there
+        chunks.append(chunk)
+        offset += len(chunk)
+    return b"".join(chunks)
+
+
+GeneratedFile = Callable[[], Awaitable[bytes]]
+"""Builds a generated file's content for one request."""
+
+
+class SourceRegistry:
+    """Generated files by exact name first, then files under the root."""
+
+    def __init__(self, root: Path, cache: FileCache) -> None:
+        self.root = root
+        self.cache = cache
+        self._generated: dict[str, GeneratedFile] = {}
+
+    def register(self, name: str, build: GeneratedFile) -> None:
+        self._generated[name] = build
+
+    @property
+    def generated_names(self) -> list[str]:
+        return sorted(self._generated)
+
+    async def open(self, name: str, netascii: bool) -> Source:
+        build = self._generated.get(name)
+        if build is not None:
+            data = await build()
+            return BytesSource(to_netascii(data) if netascii else data)
+        path = resolve_path(self.root, name)
+        try:
+            source = await self.cache.open(path)
+        except PermissionError:
+            raise _refuse("permission denied") from None
+        except OSError as error:
+            raise _refuse(f"cannot open: {error.strerror}") from None
+        if not netascii:
+            return source
+        try:
+            if source.size > self.cache.max_file:
+                raise _refuse("file too large for netascii mode; use octet", ErrorCode.ILLEGAL_OPERATION)
+            return BytesSource(to_netascii(source.read(0, source.size)))
+        finally:
+            source.close()
