@@ -16,13 +16,16 @@ def test_no_user_keeps_the_identity() -> None:
 
 
 def test_an_unknown_user_names_the_key() -> None:
-    with pytest.raises(BadInput, match="server.user"):
+    with pytest.raises(BadInput, match=r"server\.user"):
         drop_privileges("no-such-user-pvsd")
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="switching users needs root")
 def test_root_switches_to_the_user_and_its_groups() -> None:
     # In a child process: the test runner itself must stay root.
-    code = "import os; from pvsd.privileges import drop_privileges; print(drop_privileges('nobody'), os.getuid())"
+    code = (
+        "import os; from pvsd.privileges import drop_privileges; "
+        "print(drop_privileges('nobody'), os.getuid())"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.split() == ["True", str(pwd.getpwnam("nobody").pw_uid)]
