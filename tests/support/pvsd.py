@@ -72,7 +72,7 @@ class ServeProcess:
 @contextmanager
 def serve(env: Mapping[str, str], name: str, address: str, folder: Path) -> Iterator[ServeProcess]:
     """`pvsd serve` in the background, logging JSON to a file; always killed at the end."""
-    log = folder / f"{name}-{address}.log"
+    log = folder / f"{name}-{address}-{time.monotonic_ns()}.log"
     with log.open("w") as stream:
         process = subprocess.Popen(
             [

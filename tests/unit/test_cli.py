@@ -129,3 +129,13 @@ def test_lists_when_empty_and_as_json(farm: str, capsys: pytest.CaptureFixture[s
     assert json.loads(run(capsys, "farm", "show", "--json")[1])["name"] == "lab"
     audit = json.loads(run(capsys, "farm", "audit", "--json")[1])
     assert audit[0]["action"] == "farm.init" and audit[0]["actor"].startswith("cli:")
+
+
+def test_config_show_and_defaults(
+    farm: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PVSD_TFTP__PORT", "1069")
+    code, out, _ = run(capsys, "config", "show")
+    assert code == 0 and "[tftp]\nenabled = true\nport = 1069\n" in out
+    code, out, _ = run(capsys, "config", "defaults")
+    assert code == 0 and "port = 69\n" in out and out.startswith("# pvsd configuration")

@@ -1,0 +1,393 @@
+"""The TFTP service inside a real `pvsd serve`, fetched by real clients: tftpy, atftp, tftp-hpa, curl."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+import tftpy
+from support.net import free_port
+from support.pvsd import ServeProcess, pvsd, pvsd_env, serve, wait_for
+from support.tftp import Address, exchange, fetch, wait_until_serving
+
+from pvsd.tftp.codec import Ack, Error, ErrorCode, OptionAck, ReadRequest, WriteRequest, decode, encode
+
+HOST = "127.0.0.1"
+FILES = {
+    "big40m": 40 << 20,  # 81,920 blocks at blksize 512: crosses the block number rollover
+    "four-mib": 4 << 20,
+    "empty": 0,
+    "exact512": 512 * 16,
+    "exact1468": 1468 * 10,
+}
+TEXT = b"#!ipxe\r\necho line one\nline two\rend\n"
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def file_sha(path: Path) -> str:
+    return sha256(path.read_bytes())
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("tftproot")
+    rng = random.Random(2026)
+    for name, size in FILES.items():
+        (root / name).write_bytes(rng.randbytes(size))
+    (root / "boot").mkdir()
+    (root / "boot" / "script.txt").write_bytes(TEXT)
+    return root
+
+
+@contextmanager
+def tftp_server(folder: Path, root: Path, **keys: str) -> Iterator[tuple[ServeProcess, Address]]:
+    """A `pvsd serve` whose TFTP service listens on a free port of 127.0.0.1."""
+    port = free_port(HOST, socket.SOCK_DGRAM)
+    env = pvsd_env(
+        f"sqlite:///{folder}/farm.db",
+        tftp__root=str(root),
+        tftp__port=str(port),
+        tftp__bind=HOST,
+        farm__heartbeat_interval="0.5",
+        farm__dead_after="3",
+        **keys,
+    )
+    assert pvsd(env, "farm", "init").returncode == 0
+    with serve(env, "pvs1", "127.0.0.11", folder) as process:
+        wait_until_serving((HOST, port))
+        yield process, (HOST, port)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, root: Path) -> Iterator[tuple[ServeProcess, Address]]:
+    with tftp_server(tmp_path_factory.mktemp("server"), root) as running:
+        yield running
+
+
+def assert_alive(server: tuple[ServeProcess, Address]) -> None:
+    process, address = server
+    assert process.process.poll() is None, process.log_text()[-2000:]
+    content, _ = fetch(address, "exact512")
+    assert len(content) == 512 * 16
+
+
+# -- real clients ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["big40m", "empty", "exact512", "exact1468", "boot/script.txt"])
+def test_tftpy(server: tuple[ServeProcess, Address], root: Path, tmp_path: Path, name: str) -> None:
+    out = tmp_path / "out"
+    client = tftpy.TftpClient(HOST, server[1][1], options={"blksize": 512} if name == "big40m" else {})
+    client.download(name, str(out))
+    assert file_sha(out) == file_sha(root / name)
+
+
+@pytest.mark.parametrize(
+    ("name", "options"),
+    [
+        ("big40m", []),
+        ("exact1468", ["blksize 1468", "tsize 0"]),
+        ("exact512", []),
+        ("empty", ["tsize 0"]),
+        ("four-mib", ["blksize 1468", "windowsize 16"]),
+        ("four-mib", ["blksize 8192", "windowsize 4", "timeout 2"]),
+    ],
+)
+def test_atftp(
+    server: tuple[ServeProcess, Address], root: Path, tmp_path: Path, name: str, options: list[str]
+) -> None:
+    out = tmp_path / "out"
+    command = ["atftp", "-g", "-r", name, "-l", str(out)]
+    for option in options:
+        command += ["--option", option]
+    result = subprocess.run([*command, HOST, str(server[1][1])], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert file_sha(out) == file_sha(root / name)
+
+
+@pytest.mark.parametrize("name", ["big40m", "exact512", "empty"])
+def test_tftp_hpa(server: tuple[ServeProcess, Address], root: Path, tmp_path: Path, name: str) -> None:
+    out = tmp_path / "out"
+    result = subprocess.run(
+        ["tftp", "-m", "octet", HOST, str(server[1][1]), "-c", "get", name, str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0 and "Error" not in result.stdout + result.stderr, (
+        result.stdout + result.stderr
+    )
+    assert file_sha(out) == file_sha(root / name)
+
+
+def test_tftp_hpa_netascii(server: tuple[ServeProcess, Address], tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    result = subprocess.run(
+        ["tftp", "-m", "netascii", HOST, str(server[1][1]), "-c", "get", "boot/script.txt", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 0, result.stderr
+    assert out.read_bytes() == TEXT  # the client turns netascii back into the original bytes
+
+
+def test_netascii_on_the_wire(server: tuple[ServeProcess, Address]) -> None:
+    content, _ = fetch(server[1], "boot/script.txt", mode="netascii")
+    assert content == TEXT.replace(b"\r", b"\r\0").replace(b"\n", b"\r\n")
+
+
+# No zero-byte file here: curl 7.88 fails on one with any server, in.tftpd included
+# ("getpeername() failed with errno 107"); tftpy, atftp and tftp-hpa cover it.
+@pytest.mark.parametrize(
+    ("name", "blksize"), [("big40m", 512), ("four-mib", 1468), ("exact1468", 1468), ("exact512", 8192)]
+)
+def test_curl(server: tuple[ServeProcess, Address], root: Path, name: str, blksize: int) -> None:
+    result = subprocess.run(
+        ["curl", "-sS", "--tftp-blksize", str(blksize), f"tftp://{HOST}:{server[1][1]}/{name}"],
+        capture_output=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert sha256(result.stdout) == file_sha(root / name)
+
+
+def test_200_clients_at_once(server: tuple[ServeProcess, Address], root: Path) -> None:
+    expected = file_sha(root / "four-mib")
+    url = f"tftp://{HOST}:{server[1][1]}/four-mib"
+    processes = [
+        subprocess.Popen(
+            ["curl", "-sS", "--tftp-blksize", "1468", url], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+        for _ in range(200)
+    ]
+    try:
+        with ThreadPoolExecutor(max_workers=200) as pool:
+            results = list(pool.map(lambda p: p.communicate(timeout=240), processes))
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+    assert [p.returncode for p in processes] == [0] * 200, [r[1] for r in results if r[1]][:3]
+    assert {sha256(out) for out, _ in results} == {expected}
+
+
+# -- refusals and bad input --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "code", "reason"),
+    [
+        ("../etc/passwd", ErrorCode.ACCESS_VIOLATION, "parent directory"),
+        ("/etc/passwd", ErrorCode.ACCESS_VIOLATION, "absolute path"),
+        ("boot\\script.txt", ErrorCode.ACCESS_VIOLATION, "backslash"),
+        ("boot", ErrorCode.ACCESS_VIOLATION, "not a regular file"),
+        ("nothing-here", ErrorCode.FILE_NOT_FOUND, "no such file"),
+    ],
+)
+def test_unsafe_requests_get_an_error_and_a_logged_reason(
+    server: tuple[ServeProcess, Address], name: str, code: int, reason: str
+) -> None:
+    reply, _ = exchange(server[1], encode(ReadRequest(name, "octet")))
+    assert reply == Error(code, reply.message) and reason in reply.message  # type: ignore[union-attr]
+    wait_for(lambda: any(e.get("reason", "").startswith(reason) for e in server[0].log_events()), timeout=5)
+
+
+def test_symlinks_out_of_the_root_are_refused(tmp_path: Path, root: Path) -> None:
+    own_root = tmp_path / "root"
+    shutil.copytree(root / "boot", own_root)
+    (own_root / "passwd").symlink_to("/etc/passwd")
+    with tftp_server(tmp_path, own_root) as (_, address):
+        reply, _ = exchange(address, encode(ReadRequest("passwd", "octet")))
+        assert isinstance(reply, Error) and reply.code == ErrorCode.ACCESS_VIOLATION
+        assert "outside" in reply.message
+
+
+def test_write_requests_are_refused_with_error_2(server: tuple[ServeProcess, Address], root: Path) -> None:
+    reply, _ = exchange(server[1], encode(WriteRequest("new-file", "octet")))
+    assert isinstance(reply, Error) and reply.code == ErrorCode.ACCESS_VIOLATION
+    assert not (root / "new-file").exists()
+    result = subprocess.run(
+        ["tftp", HOST, str(server[1][1]), "-c", "put", "/etc/hostname", "new-file"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert "Error code 2" in result.stdout + result.stderr
+    assert not (root / "new-file").exists()
+
+
+@pytest.mark.parametrize(
+    "datagram",
+    [
+        b"",
+        b"\x00",
+        b"\x00\x01",
+        b"\x00\x01no-terminator",
+        b"\x00\x01file\x00octet\x00blksize\x00",  # an option with no value
+        b"\x00\x07whatever",
+        b"\xff\xff" + b"x" * 100,
+        b"\x00\x01" + b"A" * 65_000,  # oversized and unterminated
+        b"\x00\x04\x00\x01",  # an ACK for no transfer
+        b"\x00\x03\x00\x01data",
+    ],
+)
+def test_malformed_datagrams_do_not_hurt(server: tuple[ServeProcess, Address], datagram: bytes) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(0.3)
+        sock.sendto(datagram, server[1])
+        try:
+            reply = decode(sock.recv(65536))
+        except TimeoutError:
+            reply = None
+    if datagram[:2] in (b"\x00\x01", b"\x00\x02"):
+        assert isinstance(reply, Error) and reply.code == ErrorCode.ILLEGAL_OPERATION
+    else:
+        assert reply is None
+    assert_alive(server)
+
+
+def test_unsupported_mode_is_error_4(server: tuple[ServeProcess, Address]) -> None:
+    reply, _ = exchange(server[1], encode(ReadRequest("exact512", "mail")))
+    assert isinstance(reply, Error) and reply.code == ErrorCode.ILLEGAL_OPERATION
+
+
+def test_ten_thousand_random_datagrams_then_a_valid_transfer(
+    server: tuple[ServeProcess, Address], root: Path, tmp_path: Path
+) -> None:
+    rng = random.Random(7)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind((HOST, 0))
+        for index in range(10_000):
+            size = rng.choice([0, 1, 2, 3, 4, 5, 20, 100, 600, 1500])
+            head = rng.choice([b"", b"\x00\x01", b"\x00\x02", b"\x00\x04", b"\x00\x05", b"\x00\x06"])
+            sock.sendto(head + rng.randbytes(size), server[1])
+            if index % 500 == 0:
+                time.sleep(0.01)  # a flood, not a socket-buffer overflow test
+    assert_alive(server)
+    out = tmp_path / "out"
+    tftpy.TftpClient(HOST, server[1][1]).download("exact1468", str(out))
+    assert file_sha(out) == file_sha(root / "exact1468")
+
+
+# -- limits, single-port mode, the logged summary -------------------------------------------------------
+
+
+def test_requests_over_max_transfers_get_error_3(tmp_path: Path, root: Path) -> None:
+    sockets: list[socket.socket] = []
+    with tftp_server(tmp_path, root, tftp__max_transfers="2") as (_, address):
+        for _ in range(2):  # two transfers that the client never acknowledges
+            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            sock.settimeout(3)
+            sock.sendto(encode(ReadRequest("four-mib", "octet")), address)
+            sock.recvfrom(65536)
+            sockets.append(sock)
+        reply, _ = exchange(address, encode(ReadRequest("exact512", "octet")))
+        assert isinstance(reply, Error) and reply.code == ErrorCode.DISK_FULL and "busy" in reply.message
+        for sock in sockets:
+            sock.close()  # the server's next resend hits a closed port and ends the transfer
+        wait_for(lambda: _fetches(address), timeout=15, interval=0.5)
+
+
+def _fetches(address: Address) -> bool:
+    try:
+        return len(fetch(address, "exact512", timeout=1)[0]) == 512 * 16
+    except (RuntimeError, OSError):
+        return False
+
+
+def test_single_port_mode_answers_from_the_service_port(tmp_path: Path, root: Path) -> None:
+    with tftp_server(tmp_path, root, tftp__single_port="true") as (_, address):
+        content, source = fetch(address, "four-mib", (("blksize", "1468"),))
+        assert source == address
+        assert sha256(content) == file_sha(root / "four-mib")
+        result = subprocess.run(
+            ["curl", "-sS", "--tftp-blksize", "1468", f"tftp://{HOST}:{address[1]}/big40m"],
+            capture_output=True,
+            timeout=120,
+        )
+        assert result.returncode == 0 and sha256(result.stdout) == file_sha(root / "big40m")
+        out = tmp_path / "out"
+        atftp = ["atftp", "-g", "-r", "four-mib", "-l", str(out), "--option", "windowsize 8"]
+        assert (
+            subprocess.run([*atftp, HOST, str(address[1])], capture_output=True, timeout=60).returncode == 0
+        )
+        assert file_sha(out) == file_sha(root / "four-mib")
+
+
+def test_each_transfer_is_logged_with_its_figures(server: tuple[ServeProcess, Address]) -> None:
+    fetch(server[1], "exact1468", (("blksize", "1000"),))
+
+    def logged() -> list[dict[str, object]]:
+        return [
+            e
+            for e in server[0].log_events()
+            if e.get("event") == "TFTP transfer complete"
+            and e.get("file") == "exact1468"
+            and e["blksize"] == 1000
+        ]
+
+    wait_for(lambda: bool(logged()), timeout=5)
+    event = logged()[0]
+    for key in ("peer", "bytes", "blksize", "windowsize", "retransmits", "duration_s"):
+        assert key in event
+    assert event["bytes"] == 1468 * 10 and event["windowsize"] == 1 and event["retransmits"] == 0
+
+
+def test_a_client_that_stops_acking_is_abandoned(tmp_path: Path, root: Path) -> None:
+    server = tftp_server(tmp_path, root, tftp__timeout="0.2", tftp__abandon_after="1.5")
+    with server as (process, address), socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(3)
+        sock.sendto(encode(ReadRequest("four-mib", "octet", (("tsize", "0"),))), address)
+        reply, source = sock.recvfrom(65536)
+        assert isinstance(decode(reply), OptionAck)
+        sock.sendto(encode(Ack(0)), source)
+        wait_for(lambda: any(e.get("outcome") == "abandoned" for e in process.log_events()), timeout=10)
+        resends = 0
+        with_error = False
+        sock.settimeout(0.1)
+        while True:
+            try:
+                packet = decode(sock.recv(65536))
+            except TimeoutError:
+                break
+            resends += 1
+            with_error = with_error or isinstance(packet, Error)
+        assert with_error and resends >= 3
+
+
+def test_sigterm_ends_the_server_cleanly_during_transfers(tmp_path: Path, root: Path) -> None:
+    with tftp_server(tmp_path, root) as (process, address):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.sendto(encode(ReadRequest("big40m", "octet")), address)
+            time.sleep(0.2)
+        process.signal(signal.SIGTERM)
+        assert process.wait() == 0
+
+
+def test_tftp_port_in_use_is_a_clear_error(tmp_path: Path, root: Path) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
+        taken.bind((HOST, 0))
+        port = taken.getsockname()[1]
+        env = pvsd_env(
+            f"sqlite:///{tmp_path}/farm.db", tftp__port=str(port), tftp__bind=HOST, tftp__root=str(root)
+        )
+        assert pvsd(env, "farm", "init").returncode == 0
+        with serve(env, "pvs1", "127.0.0.11", tmp_path) as process:
+            assert process.wait() == 1
+            assert "cannot listen for TFTP" in process.log_text()
+        states = pvsd(env, "server", "list", "--json")
+        assert '"state": "stopped"' in states.stdout
