@@ -126,6 +126,9 @@ def _options(reader: Reader) -> Options:
 
 
 def decode(datagram: bytes) -> Packet:
+    # ACKs are nearly every packet a server receives: decode them without the reader.
+    if len(datagram) >= 4 and datagram[0] == 0 and datagram[1] == Opcode.ACK:
+        return Ack((datagram[2] << 8) | datagram[3])
     reader = Reader(datagram)
     opcode = reader.u16()
     if opcode in (Opcode.RRQ, Opcode.WRQ):
