@@ -193,8 +193,18 @@ def _serve(args: argparse.Namespace, config: Config) -> int:
 
     log = get_logger("server").bind(server=config.server.name)
     actor = f"server:{config.server.name}"
-    asyncio.run(serve(config, actor, log))
+    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        runner.run(serve(config, actor, log))
     return 0
+
+
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop when it is installed: it cuts the per-packet cost of every UDP service."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
 
 
 def _server_list(args: argparse.Namespace, config: Config) -> int:

@@ -191,6 +191,12 @@ class TftpConfig:
     cache_mb: int = _key(
         256, "memory for files shared by concurrent transfers (files up to a quarter of it)", _positive
     )
+    workers: int = _key(0, "processes serving TFTP (SO_REUSEPORT); 0 means one per CPU", _workers)
+    busy_poll_us: int = _key(
+        200,
+        "with one transfer running, spin this long for its next ACK (lower latency); 0 disables",
+        _workers,
+    )
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+from typing import Protocol
 
 import structlog
 
@@ -16,6 +17,7 @@ from pvsd.farm.records import Server
 from pvsd.farm.store import FarmStore, open_store
 from pvsd.privileges import drop_privileges
 from pvsd.tftp.server import TftpServer
+from pvsd.tftp.workers import TftpWorkers, share_of, worker_count
 
 __all__ = ["advertised_ports", "serve"]
 
@@ -62,7 +64,7 @@ async def serve(config: Config, actor: str, log: structlog.stdlib.BoundLogger) -
                 hint="set [server] address to this host's address on the boot network",
             )
         this = await membership.join()
-        services: list[TftpServer] = []
+        services: list[Service] = []
         try:
             await membership.refresh(loop.time())
             farm = await asyncio.to_thread(store.get_farm)
@@ -87,33 +89,63 @@ async def serve(config: Config, actor: str, log: structlog.stdlib.BoundLogger) -
                 heartbeats.result()  # only ends by raising, e.g. MembershipLost
             log.info("stopping on signal", server=config.server.name)
         finally:
-            for service in services:
+            for service in reversed(services):
                 await service.close()
             await membership.leave()
     finally:
         await asyncio.to_thread(store.close)
 
 
+class Service(Protocol):
+    async def close(self) -> None: ...
+
+
 async def _start_services(
     config: Config, farm: str, this: Server, membership: Membership, log: structlog.stdlib.BoundLogger
-) -> list[TftpServer]:
+) -> list[Service]:
     """Bind every enabled service; a port that cannot be bound stops the start with a clear error."""
-    services: list[TftpServer] = []
-    if config.tftp.enabled:
-        tftp = TftpServer.from_config(config.tftp, log)
-        bootstrap = BootstrapCache(farm, config.bootstrap, config.farm.dead_after)
-        loop = asyncio.get_running_loop()
-
-        async def bootstrap_file() -> bytes:
-            return bootstrap.content(this, membership.known_servers(loop.time()))
-
-        tftp.registry.register(BOOTSTRAP_NAME, bootstrap_file)
-        try:
-            await tftp.start()
-        except OSError as error:
-            raise Failure(
-                f"cannot listen for TFTP on {config.tftp.bind}:{config.tftp.port}: {error.strerror} "
-                "(another TFTP server running? set [tftp] port or enabled = false)"
-            ) from error
-        services.append(tftp)
+    services: list[Service] = []
+    try:
+        if config.tftp.enabled:
+            services += await _start_tftp(config, farm, this, membership, log)
+    except BaseException:
+        for service in reversed(services):
+            await service.close()
+        raise
     return services
+
+
+async def _start_tftp(
+    config: Config, farm: str, this: Server, membership: Membership, log: structlog.stdlib.BoundLogger
+) -> list[Service]:
+    processes = worker_count(config.tftp.workers)
+    tftp_config = share_of(config.tftp, processes)
+    tftp = TftpServer.from_config(tftp_config, log, reuse_port=processes > 1)
+    try:
+        await tftp.start()
+    except OSError as error:
+        raise Failure(
+            f"cannot listen for TFTP on {config.tftp.bind}:{config.tftp.port}: {error.strerror} "
+            "(another TFTP server running? set [tftp] port or enabled = false)"
+        ) from error
+    workers = TftpWorkers(tftp_config, config.server.user, processes - 1, log)
+    try:
+        await workers.start()
+    except BaseException:
+        await tftp.close()
+        raise
+
+    bootstrap = BootstrapCache(farm, config.bootstrap, config.farm.dead_after)
+    published = b""
+
+    def publish(servers: list[Server]) -> None:
+        nonlocal published
+        content = bootstrap.content(this, servers)
+        if content != published:
+            published = content
+            tftp.registry.publish(BOOTSTRAP_NAME, content)
+            workers.publish(BOOTSTRAP_NAME, content)
+
+    publish(membership.known_servers(asyncio.get_running_loop().time()))
+    membership.watchers.append(publish)
+    return [tftp, workers]

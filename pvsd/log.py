@@ -12,17 +12,27 @@ from typing import Any, Literal, TextIO
 
 import structlog
 
-__all__ = ["LOG_FORMATS", "configure_logging", "get_logger", "request_logger"]
+__all__ = ["LOG_FORMATS", "configure_logging", "get_logger", "logging_settings", "request_logger"]
 
 LOG_FORMATS = ("auto", "console", "json")
 LogFormat = Literal["auto", "console", "json"]
 
 
+_settings = ("info", "auto")
+
+
+def logging_settings() -> tuple[str, str]:
+    """The level and format this process logs with, for its worker processes to use too."""
+    return _settings
+
+
 def configure_logging(level: str = "info", fmt: str = "auto", stream: TextIO | None = None) -> None:
     """Set up structlog once per process. `fmt` "auto" means console on a tty, else JSON."""
+    global _settings
     out = stream or sys.stderr
     if fmt == "auto":
         fmt = "console" if out.isatty() else "json"
+    _settings = (level, fmt)
     renderer: Any
     if fmt == "console":
         renderer = structlog.dev.ConsoleRenderer(colors=out.isatty())

@@ -12,7 +12,7 @@ import dataclasses
 import os
 import secrets
 import socket
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import structlog
 
@@ -62,6 +62,8 @@ class Membership:
         self._outage_started: float | None = None
         self._outage_reported: float = 0.0
         self._view: list[Server] = []
+        self.watchers: list[Callable[[list[Server]], None]] = []
+        """Called with the farm's servers after every heartbeat, database up or not."""
         self._view_read_at: float | None = None
 
     async def join(self) -> Server:
@@ -118,17 +120,20 @@ class Membership:
             result = await asyncio.to_thread(self.store.heartbeat, self.name, self.instance)
         except StoreUnavailable as error:
             self._database_down(now, str(error))
-            return
-        self._database_up(now)
-        await self.refresh(now)
-        if result is HeartbeatResult.MISSING:
-            self.log.warning("this server's farm record was removed; registering again", server=self.name)
-            await self.join()
-        elif result is HeartbeatResult.TAKEN:
-            raise MembershipLost(
-                f"another pvsd process registered as server {self.name!r}; this one stops "
-                "so that two servers never answer under one name"
-            )
+        else:
+            self._database_up(now)
+            await self.refresh(now)
+            if result is HeartbeatResult.MISSING:
+                self.log.warning("this server's farm record was removed; registering again", server=self.name)
+                await self.join()
+            elif result is HeartbeatResult.TAKEN:
+                raise MembershipLost(
+                    f"another pvsd process registered as server {self.name!r}; this one stops "
+                    "so that two servers never answer under one name"
+                )
+        view = self.known_servers(now)
+        for watcher in self.watchers:
+            watcher(view)
 
     async def leave(self) -> None:
         try:

@@ -69,6 +69,7 @@ class UdpEndpoint:
         on_error: ErrorHandler | None = None,
         connect_to: Address | None = None,
         reuse_port: bool = False,
+        max_batch: int = 256,
     ) -> UdpEndpoint:
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         try:
@@ -82,7 +83,7 @@ class UdpEndpoint:
         except BaseException:
             sock.close()
             raise
-        endpoint = cls(sock, on_datagram, on_error)
+        endpoint = cls(sock, on_datagram, on_error, max_batch)
         endpoint.peer = connect_to
         return endpoint
 
@@ -99,8 +100,21 @@ class UdpEndpoint:
             return None
 
     def _readable(self) -> None:
-        recvfrom = self.sock.recvfrom
         handler = self.on_datagram
+        if self.peer is not None and self.max_batch == 1:
+            # A connected socket in lockstep holds one datagram: one recv, no second one to
+            # find it empty. The loop calls again if more is queued (level-triggered).
+            try:
+                data = self.sock.recv(65536)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as error:
+                if self.on_error is not None:
+                    self.on_error(error)
+                return
+            handler(data, self.peer)
+            return
+        recvfrom = self.sock.recvfrom
         for _ in range(self.max_batch):
             try:
                 data, address = recvfrom(65536)
@@ -130,7 +144,10 @@ class UdpEndpoint:
 
     def send_many(self, datagrams: Sequence[bytes], address: Address | None = None) -> None:
         """Send datagrams in order; equal-sized runs go as one segmented send where possible."""
-        if len(datagrams) < 2 or not self._gso:
+        if len(datagrams) == 1:
+            self.send(datagrams[0], address)
+            return
+        if not self._gso:
             for data in datagrams:
                 self.send(data, address)
             return

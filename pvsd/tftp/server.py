@@ -9,6 +9,8 @@ max_transfers, requests get error 3. Nothing a client sends can raise out of her
 from __future__ import annotations
 
 import asyncio
+import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,6 +37,7 @@ from pvsd.tftp.sources import FileCache, Source, SourceRegistry
 __all__ = ["TftpServer", "TftpStats"]
 
 IP_UDP_TFTP_HEADERS = 20 + 8 + 4
+SPIN_ROUNDS = 256
 
 
 @dataclass
@@ -79,9 +82,14 @@ class Transfer:
 
 class TftpServer:
     def __init__(
-        self, config: TftpConfig, registry: SourceRegistry, log: structlog.stdlib.BoundLogger
+        self,
+        config: TftpConfig,
+        registry: SourceRegistry,
+        log: structlog.stdlib.BoundLogger,
+        reuse_port: bool = False,
     ) -> None:
         self.config = config
+        self.reuse_port = reuse_port
         self.registry = registry
         self.log = log.bind(component="tftp")
         self.stats = TftpStats()
@@ -94,11 +102,15 @@ class TftpServer:
         self._opening = 0
         self._tasks: set[asyncio.Task[None]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._spin_budget = config.busy_poll_us / 1e6
+        self._spinning = False
 
     @classmethod
-    def from_config(cls, config: TftpConfig, log: structlog.stdlib.BoundLogger) -> TftpServer:
+    def from_config(
+        cls, config: TftpConfig, log: structlog.stdlib.BoundLogger, reuse_port: bool = False
+    ) -> TftpServer:
         registry = SourceRegistry(Path(config.root), FileCache(config.cache_mb << 20))
-        return cls(config, registry, log)
+        return cls(config, registry, log, reuse_port)
 
     @property
     def address(self) -> Address:
@@ -108,14 +120,18 @@ class TftpServer:
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._endpoint = UdpEndpoint.bind(
-            self.config.bind, self.config.port, self._on_request, self._on_socket_error
+            self.config.bind,
+            self.config.port,
+            self._on_request,
+            self._on_socket_error,
+            reuse_port=self.reuse_port,
         )
         root = Path(self.config.root)
         if not await asyncio.to_thread(root.is_dir):
             self.log.warning(
                 "TFTP root is not a folder: only generated files will be served",
                 root=str(root),
-                generated=self.registry.generated_names,
+                published=self.registry.published_names,
             )
         self.log.info(
             "TFTP listening",
@@ -247,7 +263,9 @@ class TftpServer:
             return self._endpoint, False
         # A new port per transfer, connected to the client: the kernel then drops datagrams
         # from anyone else, and an ICMP "port unreachable" ends a transfer whose client died.
-        endpoint = UdpEndpoint.bind(self.config.bind, 0, lambda data, address: None, connect_to=peer)
+        endpoint = UdpEndpoint.bind(
+            self.config.bind, 0, lambda data, address: None, connect_to=peer, max_batch=1
+        )
         return endpoint, True
 
     # -- running transfers -------------------------------------------------------------------------
@@ -270,6 +288,40 @@ class TftpServer:
             return
         transfer.session.receive(packet, self._now())
         self._flush(transfer)
+        if self._spin_budget and len(self._transfers) == 1 and transfer.own_endpoint and not self._spinning:
+            self._spin(transfer)
+
+    def _spin(self, transfer: Transfer) -> None:
+        """With one transfer running, wait for its next ACK in a short busy loop.
+
+        A lockstep client's ACK comes back within tens of microseconds; sleeping in the
+        event loop until it arrives costs a scheduler wake-up per block, which is most of
+        a lockstep round trip. Bounded per wait (busy_poll_us) and per call (SPIN_ROUNDS
+        packets), after which the loop runs its other work; sched_yield lets a client that
+        shares our CPU run.
+        """
+        sock = transfer.endpoint.sock
+        clock = time.perf_counter
+        budget = self._spin_budget
+        self._spinning = True
+        try:
+            for _ in range(SPIN_ROUNDS):
+                give_up = clock() + budget
+                while True:
+                    try:
+                        data = sock.recv(65536)
+                        break
+                    except (BlockingIOError, InterruptedError):
+                        if clock() > give_up:
+                            return
+                        os.sched_yield()
+                    except OSError:
+                        return  # the event loop's reader sees the error and ends the transfer
+                self._on_transfer_datagram(transfer, data)
+                if transfer not in self._transfers or len(self._transfers) != 1:
+                    return
+        finally:
+            self._spinning = False
 
     def _on_transfer_error(self, transfer: Transfer, error: OSError) -> None:
         # ECONNREFUSED: the client's port is closed, so it is gone. Nothing more to send.

@@ -1,4 +1,4 @@
-"""Where TFTP data comes from: files under the root, kept safe and shared, and generated files.
+"""Where TFTP data comes from: files under the root, kept safe and shared, and published files.
 
 A requested name is checked before anything touches the disk: NUL bytes, backslashes, a
 leading `/`, `..` components, symlinks that leave the root, and anything that is not a
@@ -13,7 +13,7 @@ import asyncio
 import os
 import stat
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -25,7 +25,6 @@ __all__ = [
     "BytesSource",
     "FileCache",
     "FileSource",
-    "GeneratedFile",
     "Source",
     "SourceRegistry",
     "resolve_path",
@@ -219,29 +218,28 @@ def _read_all(fd: int, size: int) -> bytes:
     return b"".join(chunks)
 
 
-GeneratedFile = Callable[[], Awaitable[bytes]]
-"""Builds a generated file's content for one request."""
-
-
 class SourceRegistry:
-    """Generated files by exact name first, then files under the root."""
+    """Published files by exact name first, then files under the root.
+
+    Published files (such as pvs.bootstrap) are generated elsewhere and replaced whole
+    whenever their content changes; a transfer keeps the version it started with.
+    """
 
     def __init__(self, root: Path, cache: FileCache) -> None:
         self.root = root
         self.cache = cache
-        self._generated: dict[str, GeneratedFile] = {}
+        self._published: dict[str, bytes] = {}
 
-    def register(self, name: str, build: GeneratedFile) -> None:
-        self._generated[name] = build
+    def publish(self, name: str, data: bytes) -> None:
+        self._published[name] = data
 
     @property
-    def generated_names(self) -> list[str]:
-        return sorted(self._generated)
+    def published_names(self) -> list[str]:
+        return sorted(self._published)
 
     async def open(self, name: str, netascii: bool) -> Source:
-        build = self._generated.get(name)
-        if build is not None:
-            data = await build()
+        data = self._published.get(name)
+        if data is not None:
             return BytesSource(to_netascii(data) if netascii else data)
         path = resolve_path(self.root, name)
         try:

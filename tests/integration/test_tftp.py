@@ -391,3 +391,40 @@ def test_tftp_port_in_use_is_a_clear_error(tmp_path: Path, root: Path) -> None:
             assert "cannot listen for TFTP" in process.log_text()
         states = pvsd(env, "server", "list", "--json")
         assert '"state": "stopped"' in states.stdout
+
+
+# -- worker processes ------------------------------------------------------------------------------------
+
+
+def _children(pid: int) -> list[int]:
+    result = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True)
+    return [int(line) for line in result.stdout.split()]
+
+
+def test_workers_share_the_clients_and_all_serve_the_bootstrap(tmp_path: Path, root: Path) -> None:
+    with tftp_server(tmp_path, root, tftp__workers="3") as (process, address):
+        assert len(_children(process.process.pid)) >= 2  # the resource tracker may add one more
+        bootstraps = {fetch(address, "pvs.bootstrap")[0] for _ in range(30)}
+        assert len(bootstraps) == 1 and b'"served_by": "pvs1"' in bootstraps.pop()
+        wait_for(
+            lambda: (
+                {e.get("worker") for e in process.log_events() if e.get("file") == "pvs.bootstrap"}
+                >= {None, 1, 2}
+            ),
+            timeout=10,
+        )
+
+
+def test_workers_exit_when_the_main_process_is_killed(tmp_path: Path, root: Path) -> None:
+    with tftp_server(tmp_path, root, tftp__workers="2") as (process, address):
+        children = _children(process.process.pid)
+        assert children
+        process.signal(signal.SIGKILL)
+        process.wait()
+
+        def all_gone() -> bool:
+            return not any(Path(f"/proc/{pid}").exists() for pid in children)
+
+        wait_for(all_gone, timeout=10)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.bind(address)  # the port is free again: nothing serves TFTP behind a dead pvsd

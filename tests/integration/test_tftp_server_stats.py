@@ -20,11 +20,7 @@ def test_counters_follow_what_happened(tmp_path: Path) -> None:
 
     async def scenario() -> TftpServer:
         server = TftpServer.from_config(config, get_logger("test"))
-
-        async def generated() -> bytes:
-            return b"generated\n"
-
-        server.registry.register("gen.txt", generated)
+        server.registry.publish("gen.txt", b"generated\n")
         await server.start()
         address = server.address
         try:

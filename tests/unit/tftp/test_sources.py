@@ -120,13 +120,9 @@ def test_the_cache_stays_within_its_bound_and_large_files_are_streamed(root: Pat
     assert cache.bytes_cached <= 4 << 20
 
 
-def test_generated_files_come_first_and_can_be_netascii(root: Path) -> None:
+def test_published_files_come_first_and_can_be_netascii(root: Path) -> None:
     registry = SourceRegistry(root, FileCache(1 << 20))
-
-    async def build() -> bytes:
-        return b"line1\nline2\n"
-
-    registry.register("boot.ipxe", build)
+    registry.publish("boot.ipxe", b"line1\nline2\n")
 
     async def fetch() -> tuple[bytes, bytes]:
         octet = await registry.open("boot.ipxe", netascii=False)
