@@ -136,13 +136,10 @@ async def _start_tftp(
         raise
 
     bootstrap = BootstrapCache(farm, config.bootstrap, config.farm.dead_after)
-    published = b""
 
     def publish(servers: list[Server]) -> None:
-        nonlocal published
-        content = bootstrap.content(this, servers)
-        if content != published:
-            published = content
+        content = bootstrap.update(this, servers)
+        if content is not None:
             tftp.registry.publish(BOOTSTRAP_NAME, content)
             workers.publish(BOOTSTRAP_NAME, content)
 

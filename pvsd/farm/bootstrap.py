@@ -49,20 +49,19 @@ def render_bootstrap(document: dict[str, Any]) -> bytes:
 
 
 class BootstrapCache:
-    """Renders the bootstrap for one server, again only when the live membership changed."""
+    """The bootstrap one server hands out, rendered again only when the live membership changed."""
 
     def __init__(self, farm: str, settings: BootstrapConfig, dead_after: float) -> None:
         self.farm = farm
         self.settings = settings
         self.dead_after = dead_after
-        self.builds = 0
         self._key: tuple[Any, ...] | None = None
-        self._content = b""
 
-    def content(self, this: Server, servers: Iterable[Server]) -> bytes:
+    def update(self, this: Server, servers: Iterable[Server]) -> bytes | None:
+        """The new content if the list of live servers changed since the last call, else None."""
         document = bootstrap_document(self.farm, this, servers, self.dead_after, self.settings)
         key = tuple((s["name"], s["address"], s["login_port"]) for s in document["servers"])
-        if key != self._key:
-            self._key, self._content = key, render_bootstrap(document)
-            self.builds += 1
-        return self._content
+        if key == self._key:
+            return None
+        self._key = key
+        return render_bootstrap(document)

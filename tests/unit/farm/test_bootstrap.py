@@ -36,15 +36,12 @@ def test_reboot_recovery_carries_its_delay() -> None:
     assert document["recovery"] == {"method": "reboot", "reboot_delay_s": 20}
 
 
-def test_the_cache_rebuilds_only_when_membership_changes() -> None:
+def test_the_cache_gives_new_content_only_when_membership_changes() -> None:
     cache = BootstrapCache("lab", BootstrapConfig(), 8.0)
-    first = cache.content(FARM[1], FARM)
-    assert cache.content(FARM[1], [dataclasses.replace(s, heartbeat_age=2.0) for s in FARM[:2]]) == first
-    assert cache.builds == 1
+    first = cache.update(FARM[1], FARM)
+    assert first is not None
+    assert cache.update(FARM[1], [dataclasses.replace(s, heartbeat_age=2.0) for s in FARM[:2]]) is None
     revived = [*FARM[:2], server("pvs2", "10.0.0.2")]
-    assert [s["name"] for s in json.loads(cache.content(FARM[1], revived))["servers"]] == [
-        "pvs1",
-        "pvs2",
-        "pvs3",
-    ]
-    assert cache.builds == 2
+    content = cache.update(FARM[1], revived)
+    assert content is not None
+    assert [s["name"] for s in json.loads(content)["servers"]] == ["pvs1", "pvs2", "pvs3"]
