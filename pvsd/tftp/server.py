@@ -9,6 +9,7 @@ max_transfers, requests get error 3. Nothing a client sends can raise out of her
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import time
 from dataclasses import dataclass, field
@@ -207,9 +208,7 @@ class TftpServer:
         self.stats.refused += 1
         self.stats.refusals[reason] = self.stats.refusals.get(reason, 0) + 1
         log.info("TFTP request refused", file=name, reason=reason, error_code=int(code))
-        self._reply_error(
-            peer, ErrorCode(code) if code in ErrorCode._value2member_map_ else ErrorCode.NOT_DEFINED, reason
-        )
+        self._reply_error(peer, code, reason)
 
     async def _start_transfer(
         self, request: ReadRequest, peer: Address, log: structlog.stdlib.BoundLogger
@@ -220,29 +219,20 @@ class TftpServer:
             check_request(request)
             source = await self.registry.open(request.filename, netascii=request.mode == "netascii")
             endpoint, own = self._transfer_endpoint(peer)
-        except ProtocolError as error:
-            self._opening -= 1
-            self._refuse(peer, log, request.filename, error.code, error.message)
+        except (ProtocolError, OSError) as error:
             if source is not None:
                 source.close()
+            if isinstance(error, ProtocolError):
+                self._refuse(peer, log, request.filename, error.code, error.message)
+            else:
+                log.error("TFTP transfer could not start", error=str(error))
+                self._reply_error(peer, ErrorCode.NOT_DEFINED, "server error")
             return
-        except OSError as error:
+        finally:
             self._opening -= 1
-            log.error("TFTP transfer could not start", error=str(error))
-            self._reply_error(peer, ErrorCode.NOT_DEFINED, "server error")
-            if source is not None:
-                source.close()
-            return
-        self._opening -= 1
-        limits = self.limits
         mtu = endpoint.mtu() if own else path_mtu(self.config.bind, peer)
         max_blksize = self.config.max_blksize or (mtu - IP_UDP_TFTP_HEADERS if mtu else 1468)
-        limits = Limits(
-            max_blksize=min(max_blksize, MAX_BLKSIZE),
-            max_windowsize=limits.max_windowsize,
-            timeout=limits.timeout,
-            abandon_after=limits.abandon_after,
-        )
+        limits = dataclasses.replace(self.limits, max_blksize=min(max_blksize, MAX_BLKSIZE))
         session = ReadSession(request, source, limits, self._now())
         transfer = Transfer(session, source, endpoint, own, peer, log)
         self._transfers.add(transfer)
