@@ -314,7 +314,23 @@ class TftpServer:
             self._spinning = False
 
     def _on_transfer_error(self, transfer: Transfer, error: OSError) -> None:
-        # ECONNREFUSED: the client's port is closed, so it is gone. Nothing more to send.
+        """ECONNREFUSED: the client's port is closed, so it is gone.
+
+        The kernel reports the error before datagrams already queued, and a client that
+        finished closes its port right after its last ACK, while resends of ours are still
+        on their way: read what is queued first, so a completed transfer counts as one.
+        """
+        sock = transfer.endpoint.sock
+        for _ in range(256):  # a window's worth of ACKs and the errors between them
+            if transfer not in self._transfers:
+                return
+            try:
+                data = sock.recv(65536)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                continue  # another ICMP error: there may still be ACKs behind it
+            self._on_transfer_datagram(transfer, data)
         if transfer in self._transfers:
             transfer.session.client_gone(self._now(), f"client unreachable: {error.strerror}")
             self._end(transfer)
