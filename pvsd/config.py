@@ -214,10 +214,57 @@ class BootstrapConfig:
 
 
 @dataclass(frozen=True)
+class BootfilesConfig:
+    bios: str = _key("undionly.kpxe", "boot file for BIOS PXE firmware (option 93 = 0), under [tftp] root")
+    uefi_x64: str = _key("snponly.efi", "boot file for x64 UEFI PXE firmware (93 = 7 or 9)")
+    uefi_ia32: str = _key("", "boot file for 32-bit UEFI (93 = 6); empty: such clients get no answer")
+    uefi_arm64: str = _key("", "boot file for ARM64 UEFI (93 = 11); empty: no answer")
+    http_x64: str = _key(
+        "ipxe.efi", "file for x64 UEFI HTTP boot (93 = 16), served over HTTP when [api] is on"
+    )
+    http_arm64: str = _key("", "file for ARM64 UEFI HTTP boot (93 = 19)")
+
+
+def _strategy(value: str) -> str | None:
+    return None if value in ("direct", "via-4011") else f"{value!r} is not direct or via-4011"
+
+
+@dataclass(frozen=True)
+class StrategyConfig:
+    bios: str = _key(
+        "direct", "direct: the offer names the boot file; via-4011: the client asks on 4011", _strategy
+    )
+    uefi_x64: str = _key("direct", "the same for x64 UEFI", _strategy)
+    uefi_ia32: str = _key("direct", "the same for 32-bit UEFI", _strategy)
+    uefi_arm64: str = _key("direct", "the same for ARM64 UEFI", _strategy)
+
+
+def _answer(value: str) -> str | None:
+    return None if value in ("all", "known") else f"{value!r} is not all or known"
+
+
+def _interface(value: str) -> str | None:
+    return None if len(value) < 16 and "/" not in value else f"{value!r} is not a network interface name"
+
+
+@dataclass(frozen=True)
 class DhcpConfig:
-    enabled: bool = _key(True, "answer PXE clients as a proxy DHCP server (not built yet)")
+    enabled: bool = _key(True, "answer PXE clients as a proxy DHCP server beside the site's DHCP server")
     port: int = _key(67, "UDP port of the proxy DHCP service", _port)
-    pxe_port: int = _key(4011, "UDP port of the PXE boot-server service", _port)
+    pxe_port: int = _key(4011, "UDP port of the PXE boot-server service; replies leave from it", _port)
+    interface: str = _key(
+        "", "network interface to serve (SO_BINDTODEVICE); empty: every interface", _interface
+    )
+    bind: str = _key("", "address port 67 listens on; empty: all (needed to hear broadcasts)", _ipv4_or_empty)
+    answer: str = _key("all", "all: every PXE client; known: only MACs registered in the farm", _answer)
+    offer_delay_ms: int = _key(
+        0, "wait this long before offering, to make another server preferred", _workers
+    )
+    per_mac_per_second: int = _key(5, "requests answered per MAC and second; the rest are dropped", _positive)
+    queue: int = _key(1024, "requests waiting at most; past that a flood is dropped, not queued", _positive)
+    script: str = _key("pvs.ipxe", "what iPXE is given (user class iPXE or option 175): the bootstrap script")
+    bootfiles: BootfilesConfig = field(default_factory=BootfilesConfig)
+    strategy: StrategyConfig = field(default_factory=StrategyConfig)
 
 
 @dataclass(frozen=True)
@@ -252,10 +299,6 @@ class Config:
     api: ApiConfig = field(default_factory=ApiConfig)
 
 
-def _sections() -> dict[str, type[Any]]:
-    return {name: typ for name, typ in typing.get_type_hints(Config).items()}
-
-
 REFERENCE_HEADER = """\
 # pvsd configuration: every key, with its default and what it does.
 # pvsd reads this file when given --config FILE or $PVSD_CONFIG; with neither it uses these defaults.
@@ -276,14 +319,24 @@ def _toml_value(value: Any) -> str:
 def render_toml(config: Config, with_help: bool) -> str:
     """The config as TOML; with_help puts each key's one-line help above it."""
     lines = [REFERENCE_HEADER] if with_help else []
-    for section in dataclasses.fields(config):
-        lines.append(f"[{section.name}]")
-        values = getattr(config, section.name)
+
+    def section(name: str, values: Any) -> None:
+        lines.append(f"[{name}]")
+        tables = []
         for key in dataclasses.fields(values):
+            value = getattr(values, key.name)
+            if dataclasses.is_dataclass(value):
+                tables.append((f"{name}.{key.name}", value))
+                continue
             if with_help:
                 lines.append(f"# {key.metadata['help']}")
-            lines.append(f"{key.name} = {_toml_value(getattr(values, key.name))}")
+            lines.append(f"{key.name} = {_toml_value(value)}")
         lines.append("")
+        for table_name, table in tables:
+            section(table_name, table)
+
+    for item in dataclasses.fields(config):
+        section(item.name, getattr(config, item.name))
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -307,71 +360,80 @@ def load_config(
     """
     env = os.environ if environ is None else environ
     path = path or env.get(CONFIG_ENV) or None
-    merged: dict[str, dict[str, tuple[Any, str]]] = {}
+    given: dict[str, tuple[Any, str]] = {}  # "section[.table].key" -> (value, where it came from)
     if path is not None:
-        for section, table in _read_file(path).items():
-            for key, value in table.items():
-                merged.setdefault(section, {})[key] = (value, path)
-    for section, key, value, var in _environment(env):
-        merged.setdefault(section, {})[key] = (value, f"${var}")
+        _flatten(_read_file(path), "", path, given)
+    for var, value in sorted(env.items()):
+        if var.startswith(ENV_PREFIX) and "__" in var:
+            given[var[len(ENV_PREFIX) :].lower().replace("__", ".")] = (value, f"${var}")
     for dotted, value in (overrides or {}).items():
-        section, key = dotted.split(".", 1)
-        merged.setdefault(section, {})[key] = (value, "command line")
-    return _resolve(_build(merged))
+        given[dotted] = (value, "command line")
+    used: set[str] = set()
+    config = _build(Config, "", given, used)
+    for dotted in sorted(set(given) - used):
+        raise _unknown(dotted, given[dotted][1])
+    return _resolve(_check_together(config))
 
 
-def _read_file(path: str) -> dict[str, dict[str, Any]]:
+def _read_file(path: str) -> dict[str, Any]:
     try:
         with Path(path).open("rb") as stream:
-            document = tomllib.load(stream)
+            return tomllib.load(stream)
     except FileNotFoundError:
         raise BadInput(f"config file {path} not found") from None
     except tomllib.TOMLDecodeError as error:
         raise BadInput(f"config file {path} is not valid TOML: {error}") from None
     except OSError as error:
         raise BadInput(f"config file {path} cannot be read: {error.strerror}") from None
-    sections = _sections()
-    for section, table in document.items():
-        if section not in sections:
-            raise ConfigError(section, f"unknown section{_suggest(section, sections)}", path)
-        if not isinstance(table, dict):
-            raise ConfigError(section, "must be a [section] table", path)
-    return document
 
 
-def _environment(env: Mapping[str, str]) -> list[tuple[str, str, str, str]]:
-    found = []
-    for var, value in sorted(env.items()):
-        if not var.startswith(ENV_PREFIX) or "__" not in var:
-            continue
-        section, _, key = var[len(ENV_PREFIX) :].lower().partition("__")
-        if section not in _sections():
-            raise ConfigError(
-                f"{section}.{key}", f"unknown section{_suggest(section, _sections())}", f"${var}"
-            )
-        found.append((section, key, value, var))
-    return found
+def _flatten(table: Mapping[str, Any], prefix: str, source: str, out: dict[str, tuple[Any, str]]) -> None:
+    for key, value in table.items():
+        if isinstance(value, dict):
+            _flatten(value, f"{prefix}{key}.", source, out)
+        elif not prefix:
+            raise ConfigError(key, "must be a [section] table", source)
+        else:
+            out[f"{prefix}{key}"] = (value, source)
 
 
-def _build(merged: dict[str, dict[str, tuple[Any, str]]]) -> Config:
-    built = {}
-    for section, cls in _sections().items():
-        given = merged.get(section, {})
-        fields = {f.name: f for f in dataclasses.fields(cls)}
+def _unknown(dotted: str, source: str) -> ConfigError:
+    """The error for a key that no section declares, suggesting the closest that exists."""
+    parts = dotted.split(".")
+    cls: Any = Config
+    for depth, part in enumerate(parts):
         hints = typing.get_type_hints(cls)
-        values = {}
-        for key, (value, source) in given.items():
-            dotted = f"{section}.{key}"
-            if key not in fields:
-                raise ConfigError(dotted, f"unknown key{_suggest(key, fields)}", source)
-            typed = _typed(value, hints[key], dotted, source)
-            check = fields[key].metadata.get("check")
-            reason = check(typed) if check else None
-            if reason:
-                raise ConfigError(dotted, reason, source)
-            values[key] = typed
-        built[section] = cls(**values)
-    config = Config(**built)
+        if part not in hints or not dataclasses.is_dataclass(hints[part]):
+            what = "section" if depth == 0 else "key"
+            return ConfigError(".".join(parts[: depth + 1]), f"unknown {what}{_suggest(part, hints)}", source)
+        cls = hints[part]
+    return ConfigError(dotted, "is a section, not a key", source)
+
+
+def _build(cls: type[Any], prefix: str, given: dict[str, tuple[Any, str]], used: set[str]) -> Any:
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for item in dataclasses.fields(cls):
+        dotted = f"{prefix}{item.name}"
+        typ = hints[item.name]
+        if isinstance(typ, type) and dataclasses.is_dataclass(typ):
+            values[item.name] = _build(typ, f"{dotted}.", given, used)
+            continue
+        if dotted not in given:
+            continue
+        used.add(dotted)
+        value, source = given[dotted]
+        typed = _typed(value, typ, dotted, source)
+        check = item.metadata.get("check")
+        reason = check(typed) if check else None
+        if reason:
+            raise ConfigError(dotted, reason, source)
+        values[item.name] = typed
+    return cls(**values)
+
+
+def _check_together(config: Config) -> Config:
+    """Checks that involve more than one key."""
     if config.farm.dead_after <= config.farm.heartbeat_interval:
         raise ConfigError(
             "farm.dead_after",

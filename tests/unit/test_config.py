@@ -79,7 +79,7 @@ def test_the_file_is_found_through_pvsd_config(tmp_path: Path) -> None:
         ({"PVSD_LOGIN__PORT": "69x"}, "login.port", "whole number"),
         ({"PVSD_FARM__HEARTBEAT_INTERVAL": "fast"}, "farm.heartbeat_interval", "number"),
         ({"PVSD_FARM__DATABSE": "sqlite:///x"}, "farm.databse", "did you mean 'database'"),
-        ({"PVSD_FRAM__DATABASE": "sqlite:///x"}, "fram.database", "did you mean 'farm'"),
+        ({"PVSD_FRAM__DATABASE": "sqlite:///x"}, "fram", "unknown section (did you mean 'farm'"),
     ],
 )
 def test_environment_values_are_parsed_and_checked(
@@ -144,3 +144,25 @@ def test_a_complete_config_round_trips(tmp_path: Path) -> None:
     shipped = load_config(str(ROOT / "conf" / "pvsd.toml"), environ={})
     assert shipped == load_config(None, environ={})
     assert isinstance(shipped, Config)
+
+
+def test_nested_tables_from_the_file_and_the_environment(tmp_path: Path) -> None:
+    path = write(tmp_path, '[dhcp.bootfiles]\nbios = "ipxe.pxe"\n[dhcp.strategy]\nuefi_x64 = "via-4011"\n')
+    config = load_config(path, environ={"PVSD_DHCP__BOOTFILES__UEFI_X64": "ipxe.efi"})
+    assert config.dhcp.bootfiles.bios == "ipxe.pxe" and config.dhcp.bootfiles.uefi_x64 == "ipxe.efi"
+    assert config.dhcp.strategy.uefi_x64 == "via-4011"
+
+
+@pytest.mark.parametrize(
+    ("toml", "key", "reason"),
+    [
+        ("[dhcp.bootfiles]\nbioss = 'x'", "dhcp.bootfiles.bioss", "did you mean 'bios'"),
+        ("[dhcp.strategy]\nbios = 'sideways'", "dhcp.strategy.bios", "not direct or via-4011"),
+        ("[dhcp]\nbootfiles = 'x'", "dhcp.bootfiles", "is a section, not a key"),
+        ("[dhcp.nope]\nx = 1", "dhcp.nope", "unknown key"),
+    ],
+)
+def test_nested_errors_name_the_whole_key(tmp_path: Path, toml: str, key: str, reason: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config(write(tmp_path, toml), environ={})
+    assert caught.value.key == key and reason in str(caught.value)
