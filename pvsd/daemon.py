@@ -10,8 +10,10 @@ from typing import Protocol
 import structlog
 
 from pvsd.config import Config
+from pvsd.dhcp.server import DhcpServer, boot_policy
 from pvsd.errors import Failure
 from pvsd.farm.bootstrap import BOOTSTRAP_NAME, BootstrapCache
+from pvsd.farm.errors import StoreUnavailable
 from pvsd.farm.membership import Membership
 from pvsd.farm.records import Server
 from pvsd.farm.store import FarmStore, open_store
@@ -108,6 +110,8 @@ async def _start_services(
     try:
         if config.tftp.enabled:
             services += await _start_tftp(config, farm, this, membership, log)
+        if config.dhcp.enabled:
+            services += await _start_dhcp(config, membership, log)
     except BaseException:
         for service in reversed(services):
             await service.close()
@@ -146,3 +150,62 @@ async def _start_tftp(
     publish(membership.known_servers(asyncio.get_running_loop().time()))
     membership.watchers.append(publish)
     return [tftp, workers]
+
+
+class KnownMacs:
+    """The farm's registered MACs, read again every heartbeat, for `[dhcp] answer = "known"`."""
+
+    def __init__(self, membership: Membership, interval: float) -> None:
+        self.membership = membership
+        self.interval = interval
+        self.macs: frozenset[str] = frozenset()
+        self._task: asyncio.Task[None] | None = None
+
+    def __contains__(self, mac: object) -> bool:
+        return mac in self.macs
+
+    async def start(self) -> None:
+        await self.refresh()
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="known-macs")
+
+    async def refresh(self) -> None:
+        try:
+            devices = await asyncio.to_thread(self.membership.store.list_devices)
+        except StoreUnavailable:
+            return  # keep what we knew: the database outage is logged by the heartbeat
+        self.macs = frozenset(device.mac for device in devices)
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            await self.refresh()
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+
+async def _start_dhcp(
+    config: Config, membership: Membership, log: structlog.stdlib.BoundLogger
+) -> list[Service]:
+    known = KnownMacs(membership, config.farm.heartbeat_interval)
+    if config.dhcp.answer == "known":
+        await known.start()
+    server = DhcpServer(
+        config.dhcp,
+        boot_policy(config.dhcp, config.server.address),
+        config.server.bind,
+        known.__contains__,
+        log,
+    )
+    try:
+        await server.start()
+    except OSError as error:
+        await known.close()
+        raise Failure(
+            f"cannot listen for proxy DHCP on ports {config.dhcp.port} and {config.dhcp.pxe_port}: "
+            f"{error.strerror} (another DHCP server on this host? set [dhcp] port, bind or enabled = false)"
+        ) from error
+    return [server, known]

@@ -24,7 +24,10 @@ step "pvsd farm init   (SQLite farm store in ./var/farm.db)"
 
 step "pvsd serve: pvs1 on 127.0.0.11 and pvs2 on 127.0.0.12 (logs in $logs/)"
 for n in 1 2; do
-    "${pvsd[@]}" --log-format json serve --name "pvs$n" --address "127.0.0.1$n" >"$logs/pvs$n.log" 2>&1 &
+    # Proxy DHCP listens on the server's loopback address only: the demo answers nothing on
+    # this host's real network.
+    PVSD_DHCP__BIND="127.0.0.1$n" \
+        "${pvsd[@]}" --log-format json serve --name "pvs$n" --address "127.0.0.1$n" >"$logs/pvs$n.log" 2>&1 &
     pids+=($!)
     echo "started pvs$n (pid $!)"
 done

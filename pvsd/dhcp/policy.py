@@ -212,4 +212,6 @@ def reply_destination(request: DhcpPacket, source: tuple[str, int], on_pxe_port:
         return host, source[1]
     if request.broadcast or request.ciaddr == NO_ADDRESS:
         return "255.255.255.255", DHCP_CLIENT_PORT
-    return str(request.ciaddr), DHCP_CLIENT_PORT
+    # A client with an address sends from port 68; answering its source port is the same
+    # thing, and also reaches load generators and tests that cannot own port 68.
+    return str(request.ciaddr), source[1]

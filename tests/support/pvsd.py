@@ -15,9 +15,14 @@ from typing import Any
 
 
 def pvsd_env(database: str, **keys: str) -> dict[str, str]:
-    """The environment for a pvsd process: the farm database plus PVSD_<SECTION>__<KEY> settings."""
+    """The environment for a pvsd process: the farm database plus PVSD_<SECTION>__<KEY> settings.
+
+    Proxy DHCP is off unless a test turns it on: by default it listens on 0.0.0.0:67, and a
+    test must never answer DHCP on the host's real network.
+    """
     env = {k: v for k, v in os.environ.items() if not k.startswith("PVSD_")}
     env["PVSD_FARM__DATABASE"] = database
+    env["PVSD_DHCP__ENABLED"] = "false"
     env.update({f"PVSD_{key.upper()}": value for key, value in keys.items()})
     return env
 
