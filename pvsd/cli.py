@@ -24,6 +24,7 @@ from pvsd.errors import BadInput, PvsdError
 from pvsd.farm.bootstrap import BOOTSTRAP_NAME, bootstrap_document, render_bootstrap
 from pvsd.farm.records import AccessMode, DeviceType, ServerHealth
 from pvsd.farm.store import UNSET, FarmStore, init_farm, open_store
+from pvsd.lab.commands import register as register_lab
 from pvsd.log import LOG_FORMATS, configure_logging, get_logger
 from pvsd.net.mac import parse_mac
 from pvsd.units import format_size, parse_size
@@ -557,6 +558,8 @@ def build_parser() -> argparse.ArgumentParser:
     config_group = group("config", "the configuration")
     command(config_group, "show", _config_show, "print the effective config (file, environment, defaults)")
     command(config_group, "defaults", _config_defaults, "print every key with its default and help")
+
+    register_lab(commands, common)
 
     session = group("session", "targets' streaming sessions")
     with_json(command(session, "list", _session_list, "which device streams from which server"))
