@@ -16,12 +16,14 @@ import socket
 import sys
 import traceback
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from pvsd import __version__
 from pvsd.config import Config, load_config, render_toml
 from pvsd.errors import BadInput, PvsdError
 from pvsd.farm.bootstrap import BOOTSTRAP_NAME, bootstrap_document, render_bootstrap
+from pvsd.farm.ipxe import device_script, device_script_name, ipxe_bootstrap, unknown_device_script
 from pvsd.farm.records import AccessMode, DeviceType, ServerHealth
 from pvsd.farm.store import UNSET, FarmStore, init_farm, open_store
 from pvsd.lab.commands import register as register_lab
@@ -406,10 +408,19 @@ def _bootstrap_show(args: argparse.Namespace, config: Config) -> int:
             f"pvsd: warning: server {name!r} is {health}: targets get no bootstrap from it now",
             file=sys.stderr,
         )
-    document = bootstrap_document(
-        store.get_farm().name, this, store.list_servers(), config.farm.dead_after, config.bootstrap
-    )
-    sys.stdout.write(render_bootstrap(document).decode())
+    farm, servers, dead_after = store.get_farm().name, store.list_servers(), config.farm.dead_after
+    if args.format == "json":
+        sys.stdout.write(
+            render_bootstrap(bootstrap_document(farm, this, servers, dead_after, config.bootstrap)).decode()
+        )
+        return 0
+    sys.stdout.write(ipxe_bootstrap(farm, this, servers, dead_after, config.bootstrap))
+    if args.mac:
+        device = store.find_device(args.mac)
+        mac = parse_mac(args.mac)
+        print(f"\n# ---- then {device_script_name(mac)}, from the first server that answers:")
+        template = Path(config.boot.script).read_text() if config.boot.script else None
+        sys.stdout.write(device_script(device, template) if device else unknown_device_script())
     return 0
 
 
@@ -552,8 +563,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     show.add_argument("--server", help="the serving server (default: [server] name)")
     show.add_argument(
-        "--format", choices=("json",), default="json", help="json: pvs.bootstrap for the target agent"
+        "--format",
+        choices=("json", "ipxe"),
+        default="json",
+        help="json: pvs.bootstrap for the target agent; ipxe: pvs.ipxe for iPXE",
     )
+    show.add_argument("--mac", type=_mac, help="with --format ipxe: also the script this device gets next")
 
     config_group = group("config", "the configuration")
     command(config_group, "show", _config_show, "print the effective config (file, environment, defaults)")

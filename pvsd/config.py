@@ -26,6 +26,7 @@ from pvsd.names import NAME_PATTERN, NAME_RULE
 
 __all__ = [
     "ApiConfig",
+    "BootConfig",
     "BootstrapConfig",
     "Config",
     "ConfigError",
@@ -211,6 +212,18 @@ class BootstrapConfig:
     reboot_delay_s: int = _key(
         50, "with recovery = reboot: seconds of trying before the target reboots", _positive
     )
+    chain_timeout_ms: int = _key(
+        3000, "pvs.ipxe: how long iPXE waits on one server before trying the next", _positive
+    )
+
+
+@dataclass(frozen=True)
+class BootConfig:
+    script: str = _key(
+        "",
+        "template file of the per-device iPXE script ({{name}} {{mac}} {{vdisk}} {{type}} {{enabled}} "
+        "{{site}}); empty: print the device and exit",
+    )
 
 
 @dataclass(frozen=True)
@@ -293,6 +306,7 @@ class Config:
     log: LogConfig = field(default_factory=LogConfig)
     tftp: TftpConfig = field(default_factory=TftpConfig)
     bootstrap: BootstrapConfig = field(default_factory=BootstrapConfig)
+    boot: BootConfig = field(default_factory=BootConfig)
     dhcp: DhcpConfig = field(default_factory=DhcpConfig)
     login: LoginConfig = field(default_factory=LoginConfig)
     stream: StreamConfig = field(default_factory=StreamConfig)

@@ -5,15 +5,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+from pathlib import Path
 from typing import Protocol
 
 import structlog
 
-from pvsd.config import Config
+from pvsd.config import Config, ConfigError
 from pvsd.dhcp.server import DhcpServer, boot_policy
 from pvsd.errors import Failure
-from pvsd.farm.bootstrap import BOOTSTRAP_NAME, BootstrapCache
-from pvsd.farm.errors import StoreUnavailable
+from pvsd.farm.bootfiles import BootFiles
+from pvsd.farm.devices import DeviceView
 from pvsd.farm.membership import Membership
 from pvsd.farm.records import Server
 from pvsd.farm.store import FarmStore, open_store
@@ -106,12 +107,15 @@ async def _start_services(
     config: Config, farm: str, this: Server, membership: Membership, log: structlog.stdlib.BoundLogger
 ) -> list[Service]:
     """Bind every enabled service; a port that cannot be bound stops the start with a clear error."""
-    services: list[Service] = []
+    devices = DeviceView(membership.store, config.farm.heartbeat_interval)
+    services: list[Service] = [devices]
     try:
+        template = _device_template(config)
+        await devices.start()
         if config.tftp.enabled:
-            services += await _start_tftp(config, farm, this, membership, log)
+            services += await _start_tftp(config, farm, this, membership, devices, template, log)
         if config.dhcp.enabled:
-            services += await _start_dhcp(config, membership, log)
+            services.append(await _start_dhcp(config, devices, log))
     except BaseException:
         for service in reversed(services):
             await service.close()
@@ -119,8 +123,23 @@ async def _start_services(
     return services
 
 
+def _device_template(config: Config) -> str | None:
+    if not config.boot.script:
+        return None
+    try:
+        return Path(config.boot.script).read_text()
+    except OSError as error:
+        raise ConfigError("boot.script", f"cannot read {config.boot.script}: {error.strerror}") from None
+
+
 async def _start_tftp(
-    config: Config, farm: str, this: Server, membership: Membership, log: structlog.stdlib.BoundLogger
+    config: Config,
+    farm: str,
+    this: Server,
+    membership: Membership,
+    devices: DeviceView,
+    template: str | None,
+    log: structlog.stdlib.BoundLogger,
 ) -> list[Service]:
     processes = worker_count(config.tftp.workers)
     tftp_config = share_of(config.tftp, processes)
@@ -138,74 +157,22 @@ async def _start_tftp(
     except BaseException:
         await tftp.close()
         raise
-
-    bootstrap = BootstrapCache(farm, config.bootstrap, config.farm.dead_after)
-
-    def publish(servers: list[Server]) -> None:
-        content = bootstrap.update(this, servers)
-        if content is not None:
-            tftp.registry.publish(BOOTSTRAP_NAME, content)
-            workers.publish(BOOTSTRAP_NAME, content)
-
-    publish(membership.known_servers(asyncio.get_running_loop().time()))
-    membership.watchers.append(publish)
+    files = BootFiles([tftp.registry, workers], config, farm, this, template)
+    files.servers_changed(membership.known_servers(asyncio.get_running_loop().time()))
+    files.devices_changed(list(devices.devices.values()))
+    membership.watchers.append(files.servers_changed)
+    devices.watchers.append(files.devices_changed)
     return [tftp, workers]
 
 
-class KnownMacs:
-    """The farm's registered MACs, read again every heartbeat, for `[dhcp] answer = "known"`."""
-
-    def __init__(self, membership: Membership, interval: float) -> None:
-        self.membership = membership
-        self.interval = interval
-        self.macs: frozenset[str] = frozenset()
-        self._task: asyncio.Task[None] | None = None
-
-    def __contains__(self, mac: object) -> bool:
-        return mac in self.macs
-
-    async def start(self) -> None:
-        await self.refresh()
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="known-macs")
-
-    async def refresh(self) -> None:
-        try:
-            devices = await asyncio.to_thread(self.membership.store.list_devices)
-        except StoreUnavailable:
-            return  # keep what we knew: the database outage is logged by the heartbeat
-        self.macs = frozenset(device.mac for device in devices)
-
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self.interval)
-            await self.refresh()
-
-    async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-
-
-async def _start_dhcp(
-    config: Config, membership: Membership, log: structlog.stdlib.BoundLogger
-) -> list[Service]:
-    known = KnownMacs(membership, config.farm.heartbeat_interval)
-    if config.dhcp.answer == "known":
-        await known.start()
-    server = DhcpServer(
-        config.dhcp,
-        boot_policy(config.dhcp, config.server.address),
-        config.server.bind,
-        known.__contains__,
-        log,
-    )
+async def _start_dhcp(config: Config, devices: DeviceView, log: structlog.stdlib.BoundLogger) -> Service:
+    policy = boot_policy(config.dhcp, config.server.address)
+    server = DhcpServer(config.dhcp, policy, config.server.bind, devices.is_known, log)
     try:
         await server.start()
     except OSError as error:
-        await known.close()
         raise Failure(
             f"cannot listen for proxy DHCP on ports {config.dhcp.port} and {config.dhcp.pxe_port}: "
             f"{error.strerror} (another DHCP server on this host? set [dhcp] port, bind or enabled = false)"
         ) from error
-    return [server, known]
+    return server

@@ -229,9 +229,17 @@ class SourceRegistry:
         self.root = root
         self.cache = cache
         self._published: dict[str, bytes] = {}
+        self._defaults: dict[str, bytes] = {}
 
     def publish(self, name: str, data: bytes) -> None:
         self._published[name] = data
+
+    def unpublish(self, name: str) -> None:
+        self._published.pop(name, None)
+
+    def publish_default(self, prefix: str, data: bytes) -> None:
+        """What any name under `prefix` that is not published gets (an unknown device's script)."""
+        self._defaults[prefix] = data
 
     @property
     def published_names(self) -> list[str]:
@@ -239,6 +247,8 @@ class SourceRegistry:
 
     async def open(self, name: str, netascii: bool) -> Source:
         data = self._published.get(name)
+        if data is None:
+            data = next((value for prefix, value in self._defaults.items() if name.startswith(prefix)), None)
         if data is not None:
             return BytesSource(to_netascii(data) if netascii else data)
         path = resolve_path(self.root, name)

@@ -80,9 +80,18 @@ class TftpWorkers:
         self.log.info("TFTP workers started", workers=self.count)
 
     def publish(self, name: str, data: bytes) -> None:
+        self._send(("publish", name, data))
+
+    def unpublish(self, name: str) -> None:
+        self._send(("unpublish", name))
+
+    def publish_default(self, prefix: str, data: bytes) -> None:
+        self._send(("publish_default", prefix, data))
+
+    def _send(self, message: tuple[Any, ...]) -> None:
         for index, (_, connection) in enumerate(self._workers, start=1):
             try:
-                connection.send(("publish", name, data))
+                connection.send(message)
             except OSError:
                 self.log.error("TFTP worker is gone; its clients go to the other processes", worker=index)
 
@@ -158,6 +167,10 @@ async def _serve(
             return
         if message[0] == "publish":
             server.registry.publish(message[1], message[2])
+        elif message[0] == "unpublish":
+            server.registry.unpublish(message[1])
+        elif message[0] == "publish_default":
+            server.registry.publish_default(message[1], message[2])
         elif message[0] == "stop":
             stopping.set()
 

@@ -68,3 +68,30 @@ def test_bootstrap_lists_live_servers_this_one_first_and_drops_the_dead(
         took = wait_for(lambda: names(bootstrap("127.0.0.11", port1)) == ["pvs1"], timeout=DEAD_AFTER + 4)
         assert took <= DEAD_AFTER + 4
         assert pvs1.process.poll() is None
+
+
+def test_ipxe_scripts_over_tftp_follow_the_farm(tmp_path: Path) -> None:
+    env = pvsd_env(
+        f"sqlite:///{tmp_path}/farm.db",
+        farm__heartbeat_interval="0.5",
+        farm__dead_after="3",
+        tftp__root=str(tmp_path),
+        tftp__port=str(free_port("127.0.0.11", socket.SOCK_DGRAM)),
+    )
+    port = int(env["PVSD_TFTP__PORT"])
+    assert pvsd(env, "farm", "init").returncode == 0
+    assert pvsd(env, "device", "add", "52:54:00:12:34:56", "--name", "vm1").returncode == 0
+    address = ("127.0.0.11", port)
+    device = "pvsd/device/52-54-00-12-34-56.ipxe"
+    with serve(env, "pvs1", "127.0.0.11", tmp_path):
+        wait_until_serving(address)
+        script = fetch(address, "pvs.ipxe")[0].decode()
+        assert script.startswith("#!ipxe\n") and "echo pvsd bootstrap: pvs1 ${mac}" in script
+        assert "tftp://127.0.0.11/pvsd/device/${mac:hexhyp}.ipxe" in script
+        assert "pvsd device: vm1 52:54:00:12:34:56 vdisk=- " in fetch(address, device)[0].decode()
+        assert "unknown" in fetch(address, "pvsd/device/52-54-00-00-00-99.ipxe")[0].decode()
+        assert pvsd(env, "vdisk", "create", "win10", "--size", "1G").returncode == 0
+        assert pvsd(env, "device", "set", "52:54:00:12:34:56", "--vdisk", "win10").returncode == 0
+        wait_for(lambda: "vdisk=win10" in fetch(address, device)[0].decode(), timeout=5)
+        assert pvsd(env, "device", "remove", "52:54:00:12:34:56").returncode == 0
+        wait_for(lambda: "unknown" in fetch(address, device)[0].decode(), timeout=5)
