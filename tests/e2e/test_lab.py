@@ -1,0 +1,167 @@
+"""End to end: real firmware (SeaBIOS + iPXE, OVMF + iPXE, OVMF's own PXE) boots from a pvsd farm.
+
+Each test builds a lab of network namespaces (pvsd/lab) in its own folder: a bridge, dnsmasq
+as the site DHCP server (addresses only, nothing about PXE), two pvsd servers sharing one
+SQLite farm, and a QEMU target on a tap device. pvsd is the only source of boot information,
+so reaching `pvsd device:` proves the whole chain: proxy offer, TFTP, pvs.ipxe, the device
+script. The lab is always taken down, even when a test fails.
+
+These need root, /dev/net/tun and QEMU; without them they skip, except under CI, where a
+skip would hide a broken machine and so they fail instead.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pvsd.lab.lab import Lab
+from pvsd.lab.qemu import BIOS_ROM, OVMF, UEFI_ROM, BootResult, Firmware
+
+BOOT_TIMEOUT_S = 60.0
+SERVERS = 2
+# The address block the lab gives its servers: 10.77.0.11, .12, ...
+SERVER_ADDRESS = r"10\.77\.0\.1[1-9]"
+
+
+def _missing() -> str | None:
+    if os.geteuid() != 0:
+        return "needs root (network namespaces, tap devices)"
+    if not Path("/dev/net/tun").exists():
+        return "needs /dev/net/tun"
+    for tool in ("qemu-system-x86_64", "ip", "dnsmasq", "radvd"):
+        if shutil.which(tool) is None:
+            return f"needs {tool}"
+    for path in (BIOS_ROM, UEFI_ROM, OVMF, "/usr/lib/ipxe/undionly.kpxe", "/usr/lib/ipxe/snponly.efi"):
+        if not Path(path).exists():
+            return f"needs {path}"
+    return None
+
+
+@pytest.fixture
+def lab(tmp_path: Path) -> Iterator[Lab]:
+    reason = _missing()
+    if reason is not None:
+        if os.environ.get("CI"):
+            pytest.fail(f"e2e lab cannot run under CI: {reason}")
+        pytest.skip(reason)
+    lab = Lab(tmp_path / "lab", say=print)
+    try:
+        lab.up(servers=SERVERS)
+        yield lab
+    finally:
+        # Keep the state folder (logs) under tmp_path for a post-mortem; all else goes.
+        lab.down(keep_state=True)
+        assert not [n for n in _namespaces() if n.startswith(f"{lab.prefix}-")]
+
+
+def _namespaces() -> list[str]:
+    output = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, timeout=10).stdout
+    return [line.split()[0] for line in output.splitlines() if line.strip()]
+
+
+def _events(lab: Lab, mac: str) -> list[dict[str, Any]]:
+    """Every pvsd log event about this MAC, from all servers, in time order."""
+    events = []
+    for number in range(1, SERVERS + 1):
+        for line in lab.server_log(f"pvs{number}").splitlines():
+            try:
+                event = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if event.get("mac") == mac:
+                events.append(event)
+    return sorted(events, key=lambda e: str(e.get("timestamp")))
+
+
+def _boot(lab: Lab, firmware: Firmware, mac: str) -> BootResult:
+    result = lab.boot(firmware, mac, until=r"pvsd device:", timeout=BOOT_TIMEOUT_S)
+    print(f"--- {firmware} console ({result.reason} after {result.seconds:.1f} s) ---")
+    print(result.console[-6000:])
+    for number in range(1, SERVERS + 1):
+        print(f"--- pvs{number} log ---")
+        print(lab.server_log(f"pvs{number}")[-4000:])
+    assert result.matched, f"no `pvsd device:` line: {result.reason} after {result.seconds:.1f} s"
+    return result
+
+
+def _assert_ipxe_chain(result: BootResult, mac: str) -> None:
+    console = result.console
+    # The site DHCP server gave the address; a pvsd server gave the boot information.
+    assert re.search(r"net0: 10\.77\.0\.1\d\d/255\.255\.255\.0", console), "no address from dnsmasq"
+    assert re.search(rf"Next server: {SERVER_ADDRESS}", console), "next server is not a pvsd"
+    assert "Filename: pvs.ipxe" in console
+    assert re.search(rf"tftp://{SERVER_ADDRESS}/pvs\.ipxe\.\.\. ok", console), "pvs.ipxe not fetched"
+    assert re.search(rf"pvsd bootstrap: pvs\d {mac}", console), "the bootstrap script did not run"
+    assert re.search(r"pvsd device: .*" + re.escape(mac), console), "the device script did not run"
+
+
+def test_bios_ipxe_boots_to_the_device_script(lab: Lab) -> None:
+    mac = "52:54:00:77:00:01"
+    result = _boot(lab, Firmware.BIOS, mac)
+    _assert_ipxe_chain(result, mac)
+    offers = [e for e in _events(lab, mac) if e["event"] == "proxy offer"]
+    # The ROM is iPXE already (user class iPXE), so every server offers it the script at once.
+    assert offers and all(e["arch"] == "bios" and e["ipxe"] and e["bootfile"] == "pvs.ipxe" for e in offers)
+
+
+def test_uefi_ipxe_boots_to_the_device_script(lab: Lab) -> None:
+    mac = "52:54:00:77:00:02"
+    result = _boot(lab, Firmware.UEFI, mac)
+    _assert_ipxe_chain(result, mac)
+    offers = [e for e in _events(lab, mac) if e["event"] == "proxy offer"]
+    assert offers and all(e["arch"] == "uefi-x64" and e["ipxe"] for e in offers)
+
+
+def test_ovmf_native_pxe_chains_snponly_then_the_script(lab: Lab) -> None:
+    mac = "52:54:00:77:00:03"
+    result = _boot(lab, Firmware.UEFI_NATIVE, mac)
+    console = result.console
+    # OVMF's own PXE client (no iPXE in the ROM) is given snponly.efi by a pvsd server ...
+    assert "NBP filename is snponly.efi" in console
+    assert re.search(rf"Server IP address is {SERVER_ADDRESS}", console)
+    # ... which runs iPXE, which asks again as iPXE and gets the script: the loop is broken.
+    assert console.index("NBP filename is snponly.efi") < console.index("iPXE initialising devices")
+    _assert_ipxe_chain(result, mac)
+    offers = [e for e in _events(lab, mac) if e["event"] == "proxy offer"]
+    firmware_offers = [e for e in offers if not e["ipxe"]]
+    ipxe_offers = [e for e in offers if e["ipxe"]]
+    assert firmware_offers and all(e["bootfile"] == "snponly.efi" for e in firmware_offers)
+    assert ipxe_offers and all(e["bootfile"] == "pvs.ipxe" for e in ipxe_offers)
+    assert offers.index(firmware_offers[-1]) < offers.index(ipxe_offers[0])
+    transfers = [
+        e
+        for number in range(1, SERVERS + 1)
+        for e in map(_json_or_none, lab.server_log(f"pvs{number}").splitlines())
+        if e is not None and e.get("event") == "TFTP transfer complete" and e.get("file") == "snponly.efi"
+    ]
+    assert transfers, "no complete TFTP transfer of snponly.efi"
+
+
+def _json_or_none(line: str) -> dict[str, Any] | None:
+    try:
+        value = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def test_a_killed_server_leaves_the_boot_to_the_others(lab: Lab) -> None:
+    mac = "52:54:00:77:00:04"
+    killed = lab.kill("pvs1")
+    assert killed.address == "10.77.0.11"
+    assert lab.status()["processes"]["pvs1"]["running"] is False
+    result = _boot(lab, Firmware.BIOS, mac)
+    _assert_ipxe_chain(result, mac)
+    # pvs1 died without a word, so only pvs2 answers, and its bootstrap sends the target to pvs2.
+    assert "Next server: 10.77.0.12" in result.console
+    assert f"pvsd bootstrap: pvs2 {mac}" in result.console
+    assert not [e for e in _events(lab, mac) if e.get("server") == "pvs1"]
