@@ -8,9 +8,11 @@ pvsd=(.venv/bin/pvsd)
 logs=var/demo
 pids=()
 
+lab_up=0
 cleanup() {
     for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
     for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+    if [ "$lab_up" = 1 ]; then "${pvsd[@]}" lab down --state var/lab >/dev/null 2>&1 || true; fi
 }
 trap cleanup EXIT
 
@@ -53,3 +55,22 @@ wait "${pids[0]}" || true
 
 step "the audit log"
 "${pvsd[@]}" farm audit --limit 20
+
+# -- a real PXE boot, when this machine can run the lab (root, /dev/net/tun, QEMU) ----------------
+if [ "$(id -u)" -ne 0 ] || [ ! -e /dev/net/tun ] || ! command -v qemu-system-x86_64 >/dev/null; then
+    step "skipping the QEMU boot: it needs root, /dev/net/tun and qemu-system-x86 (make test installs it)"
+    exit 0
+fi
+
+step "pvsd lab up --servers 2   (namespaces: a bridge, dnsmasq as the site DHCP, two pvsd servers)"
+lab_up=1
+"${pvsd[@]}" lab up --servers 2 --state var/lab
+PVSD_FARM__DATABASE="sqlite:///$PWD/var/lab/farm.db" "${pvsd[@]}" device add 52:54:00:de:00:01 --name lab-vm1
+sleep 2   # the servers read the farm's devices once a heartbeat
+
+step "pvsd lab boot --firmware bios   (QEMU's iPXE ROM: proxy DHCP -> TFTP pvs.ipxe -> device script)"
+"${pvsd[@]}" lab boot --state var/lab --firmware bios --mac 52:54:00:de:00:01
+
+step "pvsd lab down"
+"${pvsd[@]}" lab down --state var/lab
+lab_up=0
