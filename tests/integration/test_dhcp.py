@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 import socket
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -17,21 +18,28 @@ from pvsd.dhcp.codec import NO_ADDRESS, MessageType, Option, decode
 ADDRESS = "127.0.0.11"
 
 
-@pytest.fixture
-def proxy(tmp_path: Path) -> Iterator[tuple[ServeProcess, int, int]]:
+@contextmanager
+def proxy_server(folder: Path, **keys: str) -> Iterator[tuple[ServeProcess, int, int, dict[str, str]]]:
+    """`pvsd serve` with only proxy DHCP, on free ports of ADDRESS: (process, dhcp port, pxe port, env)."""
     dhcp_port, pxe_port = free_port(ADDRESS, socket.SOCK_DGRAM), free_port(ADDRESS, socket.SOCK_DGRAM)
     env = pvsd_env(
-        f"sqlite:///{tmp_path}/farm.db",
+        f"sqlite:///{folder}/farm.db",
         dhcp__enabled="true",
         dhcp__bind=ADDRESS,
         dhcp__port=str(dhcp_port),
         dhcp__pxe_port=str(pxe_port),
-        dhcp__per_mac_per_second="1000",
         tftp__enabled="false",
+        **keys,
     )
     assert pvsd(env, "farm", "init").returncode == 0
-    with serve(env, "pvs1", ADDRESS, tmp_path) as process:
+    with serve(env, "pvs1", ADDRESS, folder) as process:
         wait_for(lambda: "proxy DHCP listening" in process.log_text(), timeout=20)
+        yield process, dhcp_port, pxe_port, env
+
+
+@pytest.fixture
+def proxy(tmp_path: Path) -> Iterator[tuple[ServeProcess, int, int]]:
+    with proxy_server(tmp_path, dhcp__per_mac_per_second="1000") as (process, dhcp_port, pxe_port, _):
         yield process, dhcp_port, pxe_port
 
 
@@ -93,21 +101,8 @@ def test_non_pxe_clients_and_garbage_get_nothing_and_hurt_nothing(
 
 
 def test_answer_known_ignores_unknown_macs_until_they_are_added(tmp_path: Path) -> None:
-    dhcp_port, pxe_port = free_port(ADDRESS, socket.SOCK_DGRAM), free_port(ADDRESS, socket.SOCK_DGRAM)
-    env = pvsd_env(
-        f"sqlite:///{tmp_path}/farm.db",
-        dhcp__enabled="true",
-        dhcp__bind=ADDRESS,
-        dhcp__port=str(dhcp_port),
-        dhcp__pxe_port=str(pxe_port),
-        dhcp__answer="known",
-        tftp__enabled="false",
-        farm__heartbeat_interval="0.5",
-        farm__dead_after="3",
-    )
-    assert pvsd(env, "farm", "init").returncode == 0
-    with serve(env, "pvs1", ADDRESS, tmp_path) as process:
-        wait_for(lambda: "proxy DHCP listening" in process.log_text(), timeout=20)
+    settings = {"dhcp__answer": "known", "farm__heartbeat_interval": "0.5", "farm__dead_after": "3"}
+    with proxy_server(tmp_path, **settings) as (process, dhcp_port, _, env):
         assert ask(dhcp_port, as_unicast(IPXE_BIOS_DISCOVER), timeout=0.5) is None
         assert ask(dhcp_port, as_unicast(IPXE_BIOS_DISCOVER), timeout=0.5) is None
         assert process.log_text().count("unknown MAC") == 1  # once a minute, not per packet
