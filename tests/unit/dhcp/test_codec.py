@@ -13,6 +13,11 @@ from support.dhcp_captures import (
     DNSMASQ_PROXY_OFFER,
     IPXE_BIOS_DISCOVER,
     IPXE_BIOS_REQUEST_4011,
+    IPXE_UEFI_DISCOVER,
+    OVMF_DISCOVER,
+    OVMF_REQUEST,
+    PVSD_OFFER_TO_IPXE_UEFI,
+    PVSD_OFFER_TO_OVMF,
 )
 
 from pvsd.dhcp.codec import (
@@ -30,6 +35,25 @@ from pvsd.dhcp.codec import (
     encode_pxe_options,
 )
 from pvsd.net.reader import DecodeError
+
+
+ALL_CAPTURES = [
+    IPXE_BIOS_DISCOVER,
+    DNSMASQ_PROXY_OFFER,
+    IPXE_BIOS_REQUEST_4011,
+    DNSMASQ_4011_ACK,
+    IPXE_UEFI_DISCOVER,
+    PVSD_OFFER_TO_IPXE_UEFI,
+    OVMF_DISCOVER,
+    PVSD_OFFER_TO_OVMF,
+    OVMF_REQUEST,
+]
+
+
+def test_uefi_vendor_classes_as_captured() -> None:
+    assert decode(IPXE_UEFI_DISCOVER).vendor_class == "PXEClient:Arch:00007:UNDI:003010"
+    assert decode(OVMF_DISCOVER).vendor_class == "PXEClient:Arch:00007:UNDI:003000"
+    assert decode(OVMF_DISCOVER).user_class == b""
 
 
 def test_ipxe_bios_discover() -> None:
@@ -74,9 +98,7 @@ def test_ipxe_request_to_4011_and_the_ack() -> None:
     assert ack.siaddr == ipaddress.IPv4Address("10.77.0.11")
 
 
-@pytest.mark.parametrize(
-    "capture", [IPXE_BIOS_DISCOVER, DNSMASQ_PROXY_OFFER, IPXE_BIOS_REQUEST_4011, DNSMASQ_4011_ACK]
-)
+@pytest.mark.parametrize("capture", ALL_CAPTURES)
 def test_captures_survive_a_round_trip(capture: bytes) -> None:
     packet = decode(capture)
     again = encode(packet)

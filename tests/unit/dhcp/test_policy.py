@@ -6,7 +6,15 @@ import dataclasses
 import ipaddress
 
 import pytest
-from support.dhcp_captures import IPXE_BIOS_DISCOVER, IPXE_BIOS_REQUEST_4011
+from support.dhcp_captures import (
+    IPXE_BIOS_DISCOVER,
+    IPXE_BIOS_REQUEST_4011,
+    IPXE_UEFI_DISCOVER,
+    OVMF_DISCOVER,
+    OVMF_REQUEST,
+    PVSD_OFFER_TO_IPXE_UEFI,
+    PVSD_OFFER_TO_OVMF,
+)
 
 from pvsd.dhcp.codec import (
     NO_ADDRESS,
@@ -175,3 +183,23 @@ def test_reply_destination(
 ) -> None:
     request = dataclasses.replace(discover(), **changes)  # type: ignore[arg-type]
     assert reply_destination(request, source, on_4011) == destination
+
+
+def test_captured_uefi_ipxe_and_ovmf_discovers() -> None:
+    """Real DISCOVERs from the lab: UEFI iPXE gets the script, OVMF's own PXE gets snponly.efi."""
+    ipxe = decide(decode(IPXE_UEFI_DISCOVER), False, known, POLICY)
+    assert (ipxe.family, ipxe.ipxe, ipxe.bootfile) == (ArchFamily.UEFI_X64, True, "pvs.ipxe")
+    ovmf = decide(decode(OVMF_DISCOVER), False, known, POLICY)
+    assert (ovmf.family, ovmf.ipxe, ovmf.bootfile) == (ArchFamily.UEFI_X64, False, "snponly.efi")
+    assert decide(decode(OVMF_REQUEST), False, known, POLICY).reply is None  # for the site server
+
+
+@pytest.mark.parametrize(
+    ("offer", "bootfile"), [(PVSD_OFFER_TO_IPXE_UEFI, b"pvs.ipxe"), (PVSD_OFFER_TO_OVMF, b"snponly.efi")]
+)
+def test_pvsd_offers_captured_in_the_lab(offer: bytes, bootfile: bytes) -> None:
+    packet = decode(offer)
+    assert (
+        packet.message_type == MessageType.OFFER and packet.yiaddr == NO_ADDRESS and packet.file == bootfile
+    )
+    assert decode_pxe_options(packet.option(Option.VENDOR_SPECIFIC) or b"").discovery_control == 8
