@@ -36,7 +36,6 @@ from pvsd.dhcp.codec import (
 )
 from pvsd.net.reader import DecodeError
 
-
 ALL_CAPTURES = [
     IPXE_BIOS_DISCOVER,
     DNSMASQ_PROXY_OFFER,
