@@ -9,7 +9,7 @@ PVSD   := $(BIN)/pvsd
 # Debian packages the tests drive for real (PostgreSQL is started by the tests themselves).
 DEBIAN_PACKAGES := postgresql atftp tftp-hpa tftpd-hpa dnsmasq-base curl kea-admin qemu-system-x86 ipxe-qemu ipxe ovmf radvd iproute2
 
-.PHONY: test demo lint typecheck pytest debian-deps clean bench-tftp
+.PHONY: test demo lint typecheck pytest debian-deps clean bench-tftp bench-dhcp
 
 $(BIN)/python:
 	@scripts/install-debian-deps python-venv
@@ -41,6 +41,9 @@ demo: $(VENV)/.installed
 # Benchmarks compare pvsd with its peers on this machine; they print a table and write JSON.
 bench-tftp: $(VENV)/.installed debian-deps
 	$(BIN)/python bench/tftp.py
+
+bench-dhcp: $(VENV)/.installed debian-deps
+	$(BIN)/python bench/dhcp.py
 
 clean:
 	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache .hypothesis

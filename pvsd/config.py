@@ -215,6 +215,9 @@ class BootstrapConfig:
     chain_timeout_ms: int = _key(
         3000, "pvs.ipxe: how long iPXE waits on one server before trying the next", _positive
     )
+    shell_prompt_ms: int = _key(
+        0, "pvs.ipxe: offer the iPXE shell (Ctrl-B) this long before asking the servers; 0: never", _workers
+    )
 
 
 @dataclass(frozen=True)

@@ -49,6 +49,11 @@ def ipxe_bootstrap(
         f"# pvsd bootstrap of farm {farm}, made by {this.name}: each live server in turn, this one first",
         f"echo pvsd bootstrap: {this.name} ${{mac}}",
     ]
+    if settings.shell_prompt_ms:
+        lines.append(
+            f"prompt --key 0x02 --timeout {settings.shell_prompt_ms} "
+            "pvsd: press Ctrl-B for the iPXE shell... && shell ||"
+        )
     for index, server in enumerate(ordered):
         target = f"tftp://{server.address}/{DEVICE_SCRIPT_PREFIX}${{mac:hexhyp}}.ipxe"
         lines += [

@@ -16,14 +16,17 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from support.pvsd import wait_for
 
 from pvsd.lab.lab import Lab
 from pvsd.lab.qemu import BIOS_ROM, OVMF, UEFI_ROM, BootResult, Firmware
@@ -55,7 +58,9 @@ def lab(tmp_path: Path) -> Iterator[Lab]:
         if os.environ.get("CI"):
             pytest.fail(f"e2e lab cannot run under CI: {reason}")
         pytest.skip(reason)
-    lab = Lab(tmp_path / "lab", say=print)
+    # The bootstrap pauses 2.5 s at its start (the shell prompt) so that a test can freeze a
+    # server between the bootstrap's download and the device script's, without a race.
+    lab = Lab(tmp_path / "lab", say=print, extra_env={"PVSD_BOOTSTRAP__SHELL_PROMPT_MS": "2500"})
     try:
         lab.up(servers=SERVERS)
         yield lab
@@ -186,3 +191,49 @@ def test_a_registered_device_gets_its_own_script(lab: Lab) -> None:
     time.sleep(2.5)  # the servers read the farm's devices every heartbeat (1 s in the lab)
     result = _boot(lab, Firmware.BIOS, mac)
     assert f"pvsd device: lab-vm5 {mac} vdisk=- type=production enabled=yes" in result.console
+
+
+def test_a_stale_server_in_the_bootstrap_is_skipped_in_seconds(lab: Lab) -> None:
+    """The server that sent pvs.ipxe freezes before the device script: it is still listed
+    (alive for the farm until dead_after), so iPXE tries it, times out after 3 s, goes on."""
+    mac = "52:54:00:77:00:06"
+    outcome: dict[str, BootResult] = {}
+    booting = threading.Thread(target=lambda: outcome.update(result=_boot(lab, Firmware.BIOS, mac)))
+    booting.start()
+    frozen: int | None = None
+    try:
+
+        def bootstrap_sent() -> str | None:
+            # TFTP knows peers, not MACs; this lab boots one target, so any pvs.ipxe is ours.
+            for event in _all_events(lab):
+                if event.get("event") == "TFTP transfer complete" and event.get("file") == "pvs.ipxe":
+                    return str(event["server"])
+            return None
+
+        wait_for(lambda: bootstrap_sent() is not None, timeout=60, interval=0.05)
+        stale = bootstrap_sent()
+        assert stale is not None
+        frozen = int((lab.state / "pids" / f"{stale}.pid").read_text().split()[0])
+        os.kill(frozen, signal.SIGSTOP)
+        booting.join(BOOT_TIMEOUT_S + 30)
+    finally:
+        if frozen is not None:
+            os.kill(frozen, signal.SIGCONT)
+        booting.join(BOOT_TIMEOUT_S + 30)
+    result = outcome["result"]
+    other = "pvs2" if stale == "pvs1" else "pvs1"
+    console = result.console
+    assert f"pvsd bootstrap: {stale} {mac}" in console
+    assert console.index(f"pvsd: asking {stale}") < console.index(f"pvsd: asking {other}")
+    assert re.search(rf"pvsd device: unknown {mac}", console)
+    device_fetches = [e for e in _all_events(lab) if str(e.get("file", "")).startswith("pvsd/device/")]
+    assert device_fetches and {e["server"] for e in device_fetches} == {other}
+
+
+def _all_events(lab: Lab) -> list[dict[str, Any]]:
+    return [
+        event
+        for number in range(1, SERVERS + 1)
+        for event in map(_json_or_none, lab.server_log(f"pvs{number}").splitlines())
+        if event is not None
+    ]

@@ -29,6 +29,14 @@ def test_bootstrap_tries_this_server_first_then_the_live_ones_and_embeds_their_a
     assert lines[-1] == "exit"  # a chained script that just ends would count as success
 
 
+def test_the_shell_prompt_is_offered_only_when_asked_for() -> None:
+    assert "shell" not in ipxe_bootstrap("lab", FARM[0], FARM, 8.0, BootstrapConfig())
+    settings = dataclasses.replace(BootstrapConfig(), shell_prompt_ms=2000)
+    script = ipxe_bootstrap("lab", FARM[0], FARM, 8.0, settings)
+    assert "prompt --key 0x02 --timeout 2000 pvsd: press Ctrl-B for the iPXE shell... && shell ||" in script
+    assert script.index("shell ||") < script.index("chain ")
+
+
 def test_reboot_recovery_reboots_after_its_delay() -> None:
     settings = dataclasses.replace(
         BootstrapConfig(), recovery="reboot", reboot_delay_s=20, chain_timeout_ms=1500
