@@ -9,6 +9,7 @@ encoder and decoder (`PxeOptions`).
 from __future__ import annotations
 
 import enum
+import functools
 import ipaddress
 import struct
 from collections.abc import Iterable
@@ -150,11 +151,12 @@ class DhcpPacket:
     file: bytes = b""
     options: tuple[tuple[int, bytes], ...] = ()
 
+    @functools.cached_property
+    def _by_code(self) -> dict[int, bytes]:
+        return dict(self.options)
+
     def option(self, code: int) -> bytes | None:
-        for option_code, value in self.options:
-            if option_code == code:
-                return value
-        return None
+        return self._by_code.get(code)
 
     @property
     def mac(self) -> str | None:
@@ -187,7 +189,9 @@ class DhcpPacket:
         return bool(self.flags & BROADCAST_FLAG)
 
 
+@functools.lru_cache(maxsize=4096)
 def _address(raw: bytes) -> ipaddress.IPv4Address:
+    # Most packets carry 0.0.0.0 or a handful of relay and server addresses: build each once.
     return ipaddress.IPv4Address(raw)
 
 
@@ -201,19 +205,10 @@ def decode(datagram: bytes) -> DhcpPacket:
         raise DecodeError(f"hardware address length {hlen} is over 16")
     if reader.take(4) != MAGIC_COOKIE:
         raise DecodeError("no DHCP magic cookie")
-    joined: dict[int, bytearray] = {}
-    order: list[int] = []
-    while not reader.at_end():
-        code = reader.u8()
-        if code == Option.PAD:
-            continue
-        if code == Option.END:
-            break
-        value = reader.take(reader.u8())
-        if code not in joined:
-            joined[code] = bytearray()
-            order.append(code)
-        joined[code] += value  # RFC 3396: a repeated option continues the first
+    joined: dict[int, bytes] = {}
+    for code, value in reader.tlv(Option.PAD, Option.END):
+        # RFC 3396: a repeated option continues the first (dicts keep the first one's place).
+        joined[code] = joined[code] + value if code in joined else value
     return DhcpPacket(
         op=op,
         xid=xid,
@@ -229,7 +224,7 @@ def decode(datagram: bytes) -> DhcpPacket:
         giaddr=_address(giaddr),
         sname=sname.split(b"\0", 1)[0],
         file=file.split(b"\0", 1)[0],
-        options=tuple((code, bytes(joined[code])) for code in order),
+        options=tuple(joined.items()),
     )
 
 

@@ -40,6 +40,7 @@ DHCP_SERVER_PORT = 67
 DHCP_CLIENT_PORT = 68
 # PXE 2.1 table 2-2, bit 3: "if a boot file name is given, download it without prompting".
 DISCOVERY_USE_BOOTFILE = 0x08
+_DIRECT_PXE_OPTIONS = encode_pxe_options(PxeOptions(discovery_control=DISCOVERY_USE_BOOTFILE))
 
 
 class ArchFamily(enum.StrEnum):
@@ -176,9 +177,7 @@ def _reply(
 def _offer(request: DhcpPacket, policy: BootPolicy, bootfile: str, strategy: Strategy) -> DhcpPacket:
     options = _common_options(request, policy, MessageType.OFFER)
     if strategy is Strategy.DIRECT:
-        options.append(
-            (Option.VENDOR_SPECIFIC, encode_pxe_options(PxeOptions(discovery_control=DISCOVERY_USE_BOOTFILE)))
-        )
+        options.append((Option.VENDOR_SPECIFIC, _DIRECT_PXE_OPTIONS))
         return _reply(request, policy, bootfile, options)
     return _reply(request, policy, "", options)
 

@@ -38,4 +38,4 @@ def format_mac(raw: bytes) -> str:
     """Show six bytes as aa:bb:cc:dd:ee:ff."""
     if len(raw) != 6:
         raise ValueError(f"a MAC address has 6 bytes, not {len(raw)}")
-    return ":".join(f"{octet:02x}" for octet in raw)
+    return raw.hex(":")

@@ -66,6 +66,35 @@ class Reader:
     def rest(self) -> bytes:
         return self.take(self.remaining)
 
+    def tlv(self, pad: int, end: int) -> list[tuple[int, bytes]]:
+        """Code, length, value items up to `end` or the end of the buffer; `pad` codes have no length.
+
+        The DHCP options format (RFC 2132 section 2), read in one tight loop because a DHCP
+        server reads it for every packet.
+        """
+        data = self._data
+        size = len(data)
+        offset = self._offset
+        items = []
+        while offset < size:
+            code = data[offset]
+            if code == pad:
+                offset += 1
+                continue
+            if code == end:
+                offset += 1
+                break
+            if offset + 1 >= size:
+                raise DecodeError(f"truncated: option {code} has no length at offset {offset}")
+            length = data[offset + 1]
+            start = offset + 2
+            offset = start + length
+            if offset > size:
+                raise DecodeError(f"truncated: option {code} wants {length} bytes at offset {start}")
+            items.append((code, data[start:offset]))
+        self._offset = offset
+        return items
+
     def cstring(self) -> bytes:
         """Bytes up to the next NUL, which is consumed; a missing NUL is a DecodeError."""
         end = self._data.find(b"\0", self._offset)
