@@ -41,11 +41,7 @@ CPU perfdhcp takes; that is the same for both.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import datetime
-import json
 import os
-import platform
 import re
 import shutil
 import signal
@@ -53,17 +49,32 @@ import subprocess
 import sys
 import tempfile
 import time
-import tomllib
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from types import FrameType
-from typing import IO, Any, NoReturn
+from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
-PVSD = REPO / ".venv" / "bin" / "pvsd"
-DNSMASQ = "/usr/sbin/dnsmasq"
-RESULTS = REPO / "bench" / "results"
+from common import (
+    DNSMASQ,
+    PVSD,
+    RESULTS,
+    BenchError,
+    init_pvsd_farm,
+    launch,
+    log_tail,
+    machine_info,
+    no_interrupts,
+    print_machine,
+    print_servers,
+    progress,
+    pvsd_other_services_off,
+    raise_interrupt,
+    report_header,
+    server_log_summary,
+    stop_group,
+    stop_servers,
+    write_json,
+)
 
 VENDOR_CLASS = b"PXEClient:Arch:00000:UNDI:002001"  # BIOS iPXE (DESIGN.md section 5)
 CLIENTS = 100_000  # distinct MACs perfdhcp takes in turn
@@ -71,17 +82,11 @@ SEED = 11
 DROP_TIME_S = 2.0  # perfdhcp -d: an offer later than this counts as lost
 EXIT_WAIT_US = 300_000  # perfdhcp -W: wait this long after the last DISCOVER
 START_TIMEOUT = 20.0
-STOP_TIMEOUT = 5.0
 PAUSE_BETWEEN_RUNS = 0.5  # let a server drain its socket before the next run
 P99_GOAL_MS = 5.0
 LOSS_GOAL = 0.01  # at dnsmasq's rate, at most 1% of the DISCOVERs may go unanswered
 SERVERS = ("pvsd", "dnsmasq")
 SUBNETS = {"pvsd": 1, "dnsmasq": 2}  # 127.2.N.0/24 between perfdhcp and the server
-BENIGN_PVSD_EVENTS = ("advertising a loopback address",)
-
-
-class BenchError(Exception):
-    """Something the benchmark needs did not work: reported in one line, exit code 1."""
 
 
 # -- settings -----------------------------------------------------------------------------------------
@@ -125,34 +130,6 @@ class Row:
 
 
 # -- processes and namespaces -------------------------------------------------------------------------
-
-
-def _raise_interrupt(signum: int, frame: FrameType | None) -> NoReturn:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
-@contextlib.contextmanager
-def no_interrupts() -> Iterator[None]:
-    """Hold SIGINT/SIGTERM off while cleaning up, so that a second Ctrl-C cannot leave processes behind."""
-    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-
-def stop_group(proc: subprocess.Popen[bytes]) -> int | None:
-    """SIGTERM the process group, then SIGKILL what is left."""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(timeout=STOP_TIMEOUT)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(timeout=STOP_TIMEOUT)
-    return proc.returncode
 
 
 def ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[bytes]:
@@ -245,25 +222,10 @@ class Lab:
             self.namespaces.clear()
 
     def stop_servers(self) -> None:
-        with no_interrupts():
-            for server in self.running:
-                if server.proc is not None:
-                    server.exit_code = stop_group(server.proc)
-                    server.proc = None
+        stop_servers(self.running)
 
     def start(self, server: Server, cwd: Path) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("PVSD_")}
-        env.update(server.env)
-        with server.log_path.open("wb") as log:
-            server.proc = subprocess.Popen(
-                ["ip", "netns", "exec", server.namespace, *server.argv],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=cwd,
-                env=env,
-                start_new_session=True,  # its own group, for stop_group
-            )
+        launch(server, ["ip", "netns", "exec", server.namespace, *server.argv], cwd)
         self.running.append(server)
         self.wait_ready(server)
 
@@ -283,23 +245,6 @@ class Lab:
         raise BenchError(f"{server.name} gave no offer on {server.address}:67 within {START_TIMEOUT:.0f} s")
 
 
-def log_tail(path: Path, lines: int = 5) -> str:
-    try:
-        text = path.read_text(errors="replace")
-    except OSError:
-        return "(no log)"
-    return " | ".join(text.strip().splitlines()[-lines:]) or "(empty log)"
-
-
-def tool_version(argv: list[str]) -> str:
-    try:
-        done = subprocess.run(argv, capture_output=True, timeout=10, check=False, stdin=subprocess.DEVNULL)
-    except (OSError, subprocess.TimeoutExpired) as error:
-        return f"unavailable: {error}"
-    lines = (done.stdout + done.stderr).decode(errors="replace").strip().splitlines()
-    return lines[0] if lines else "unknown"
-
-
 def perfdhcp_path() -> str | None:
     found = shutil.which("perfdhcp")
     if found:
@@ -312,15 +257,9 @@ def perfdhcp_path() -> str | None:
 
 def pvsd_server(lab: Lab, work: Path) -> Server:
     server = lab.servers["pvsd"]
-    database = f"sqlite:///{work / 'farm.db'}"
-    init = [str(PVSD), "farm", "init", "--database", database]
-    done = subprocess.run(
-        init, capture_output=True, timeout=60, check=False, cwd=work, stdin=subprocess.DEVNULL
-    )
-    if done.returncode != 0:
-        raise BenchError(f"{' '.join(init)} failed: {done.stderr.decode(errors='replace').strip()}")
+    database = init_pvsd_farm(work)
     server.env = {
-        **other_services_off(),
+        **pvsd_other_services_off("dhcp"),
         "PVSD_FARM__DATABASE": database,
         "PVSD_SERVER__STORE": str(work / "store"),
         "PVSD_DHCP__ENABLED": "true",
@@ -333,23 +272,6 @@ def pvsd_server(lab: Lab, work: Path) -> Server:
     server.argv += ["serve", "--name", "bench", "--address", server.address]
     server.log_path = work / "logs" / "pvsd.log"
     return server
-
-
-def other_services_off() -> dict[str, str]:
-    """Disable every service but DHCP that this pvsd has (TFTP, login, stream, API, ...)."""
-    done = subprocess.run(
-        [str(PVSD), "config", "defaults"],
-        capture_output=True,
-        timeout=30,
-        check=True,
-        stdin=subprocess.DEVNULL,
-    )
-    defaults = tomllib.loads(done.stdout.decode())
-    return {
-        f"PVSD_{section.upper()}__ENABLED": "false"
-        for section, keys in defaults.items()
-        if section != "dhcp" and isinstance(keys, dict) and "enabled" in keys
-    }
 
 
 def dnsmasq_server(lab: Lab, work: Path) -> Server:
@@ -561,83 +483,11 @@ def render_table(rows: list[Row], settings: Settings) -> str:
     return "\n".join(text)
 
 
-def server_log_summary(server: Server) -> dict[str, Any]:
-    try:
-        lines = server.log_path.read_text(errors="replace").splitlines()
-    except OSError:
-        return {"lines": 0}
-    summary: dict[str, Any] = {"lines": len(lines), "exit_code": server.exit_code, "tail": lines[-10:]}
-    if server.name != "pvsd":
-        return summary
-    events: dict[str, int] = {}
-    for line in lines:
-        with contextlib.suppress(ValueError):
-            record = json.loads(line)
-            if not isinstance(record, dict) or record.get("level") not in ("warning", "error", "critical"):
-                continue
-            event = str(record.get("event", ""))
-            if not event.startswith(BENIGN_PVSD_EVENTS):
-                key = f"{record.get('level')}: {event}"
-                events[key] = events.get(key, 0) + 1
-    summary["warnings_and_errors"] = events
-    return summary
-
-
-def machine_info() -> dict[str, Any]:
-    cpu = ""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    return {
-        "nproc": os.cpu_count(),
-        "cpu": cpu,
-        "kernel": platform.release(),
-        "python": sys.version.split()[0],
-        "loadavg_at_start": os.getloadavg(),
-        "versions": {
-            "pvsd": tool_version([str(PVSD), "--version"]),
-            "dnsmasq": tool_version([DNSMASQ, "--version"]),
-            "perfdhcp": tool_version([perfdhcp_path() or "perfdhcp", "-v"]),
-        },
-        "git": git_info(),
-    }
-
-
-def git_info() -> dict[str, Any]:
-    def git(*args: str) -> str:
-        done = subprocess.run(
-            ["git", "-C", str(REPO), *args],
-            capture_output=True,
-            timeout=10,
-            check=False,
-            stdin=subprocess.DEVNULL,
-        )
-        return done.stdout.decode(errors="replace").strip()
-
-    try:
-        return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain"))}
-    except (OSError, subprocess.TimeoutExpired):
-        return {}
-
-
-def write_json(path: Path, report: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(report, indent=2) + "\n")
-    tmp.replace(path)
-
-
 def build_report(
     settings: Settings, machine: dict[str, Any], lab: Lab, rows: list[Row], started: float
 ) -> dict[str, Any]:
     return {
-        "benchmark": "dhcp",
-        "mode": "quick" if settings.quick else "full",
-        "started": datetime.datetime.fromtimestamp(started, datetime.UTC).isoformat(timespec="seconds"),
-        "duration_s": round(time.time() - started, 1),
-        "machine": {**machine, "loadavg_at_end": os.getloadavg()},
+        **report_header("dhcp", settings.quick, started, machine),
         "settings": {
             "seconds": settings.seconds,
             "rates": list(settings.rates),
@@ -656,7 +506,7 @@ def build_report(
                 "command": server.argv,
                 "env": server.env,
                 "address": f"{server.address}:67",
-                "log": server_log_summary(server),
+                "log": server_log_summary(server.name, server.log_path, server.exit_code),
             }
             for server in lab.running
         },
@@ -692,26 +542,11 @@ def print_report(rows: list[Row], report: dict[str, Any], settings: Settings) ->
         for goal in report["goals"]:
             detail = {k: v for k, v in goal.items() if k not in ("goal", "met")}
             print(f"{'MET ' if goal['met'] else 'MISS'}  {goal['goal']} {detail}")
-    print("\nServers:")
-    for name, info in report["servers"].items():
-        print(f"- {name} on {info['address']}: {' '.join(info['command'])}")
-        if info["env"]:
-            print(f"  env: {' '.join(f'{k}={v}' for k, v in info['env'].items())}")
-        problems = info["log"].get("warnings_and_errors")
-        if problems:
-            print(f"  log warnings/errors: {problems}")
-        if info["log"].get("exit_code") not in (0, None, -signal.SIGTERM):
-            print(f"  exit code on SIGTERM: {info['log']['exit_code']}")
+    print_servers(report["servers"], clean_exits=(0, None, -signal.SIGTERM))
     example = next((run for row in rows for run in row.runs.values()), None)
     if example is not None:
         print(f"\nLoad: {' '.join(example.command)}")
-    machine = report["machine"]
-    load = " / ".join(f"{machine[key][0]:.2f}" for key in ("loadavg_at_start", "loadavg_at_end"))
-    print(
-        f"\nMachine: {machine['nproc']} CPUs, kernel {machine['kernel']}, Python {machine['python']}, "
-        f"1-min load average at start / end {load} (other work on the machine adds noise)"
-    )
-    print(f"Results written to {settings.output}")
+    print_machine(report["machine"], settings.output)
 
 
 # -- main ---------------------------------------------------------------------------------------------
@@ -771,13 +606,15 @@ def check_tools(settings: Settings) -> None:
         )
 
 
-def progress(message: str, out: IO[str] = sys.stderr) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=out, flush=True)
-
-
 def run(settings: Settings) -> tuple[list[Row], dict[str, Any]]:
     started = time.time()
-    machine = machine_info()
+    machine = machine_info(
+        {
+            "pvsd": [str(PVSD), "--version"],
+            "dnsmasq": [DNSMASQ, "--version"],
+            "perfdhcp": [perfdhcp_path() or "perfdhcp", "-v"],
+        }
+    )
     with tempfile.TemporaryDirectory(prefix="pvsd-bench-dhcp-") as tmp, Lab(settings.servers) as lab:
         work = Path(tmp)
         (work / "logs").mkdir()
@@ -793,8 +630,8 @@ def run(settings: Settings) -> tuple[list[Row], dict[str, Any]]:
 def main(argv: Sequence[str] | None = None) -> int:
     settings = parse_args(argv)
     signal.signal(signal.SIGINT, signal.default_int_handler)  # even when started with SIGINT ignored
-    signal.signal(signal.SIGTERM, _raise_interrupt)
-    signal.signal(signal.SIGHUP, _raise_interrupt)
+    signal.signal(signal.SIGTERM, raise_interrupt)
+    signal.signal(signal.SIGHUP, raise_interrupt)
     try:
         check_tools(settings)
         rows, report = run(settings)
