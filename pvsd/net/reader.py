@@ -12,6 +12,7 @@ __all__ = ["DecodeError", "ProtocolError", "Reader"]
 
 _U16 = struct.Struct("!H")
 _U32 = struct.Struct("!I")
+_U64 = struct.Struct("!Q")
 
 
 class DecodeError(ValueError):
@@ -61,6 +62,10 @@ class Reader:
 
     def u32(self) -> int:
         value: int = _U32.unpack(self.take(4))[0]
+        return value
+
+    def u64(self) -> int:
+        value: int = _U64.unpack(self.take(8))[0]
         return value
 
     def rest(self) -> bytes:
