@@ -143,7 +143,8 @@ class DhcpServer:
         fields = {
             "arch": str(decision.family),
             "ipxe": decision.ipxe,
-            "bootfile": decision.bootfile,
+            # What the reply carries: a via-4011 offer names no file, the 4011 ACK does.
+            "bootfile": decision.reply.file.decode() or f"(ask on 4011 for {decision.bootfile})",
             "to": f"{destination[0]}:{destination[1]}",
         }
         if on_pxe_port:
