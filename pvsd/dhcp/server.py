@@ -127,8 +127,9 @@ class DhcpServer:
             self.stats.malformed += 1
             self.log.debug("malformed DHCP packet dropped", peer=f"{peer[0]}:{peer[1]}", reason=str(error))
             return
-        log = request_logger(self.log, peer, request.mac)
         decision = decide(request, on_pxe_port, self.is_known, self.policy)
+        # Bound after the decision: most packets on port 67 are not PXE and are dropped unlogged.
+        log = request_logger(self.log, peer, request.mac)
         if decision.reply is None:
             self._ignored(decision, log)
             return

@@ -100,6 +100,17 @@ def offers_logged(process: ServeProcess) -> int:
     return sum(1 for event in process.log_events() if event.get("event") == "proxy offer")
 
 
+def run_perfdhcp(argv: list[str]) -> str:
+    """Run perfdhcp to the end and return what it printed."""
+    done = subprocess.run(
+        argv, capture_output=True, text=True, timeout=PERFDHCP_TIMEOUT, check=False, stdin=subprocess.DEVNULL
+    )
+    output = done.stdout + done.stderr
+    # 0: every exchange completed; 3: some did not (the caller checks how many); else a failure.
+    assert done.returncode in (0, 3), f"perfdhcp exited with {done.returncode}:\n{output}"
+    return output
+
+
 def test_perfdhcp_load_gets_an_offer_for_every_discover(tmp_path: Path) -> None:
     perfdhcp = perfdhcp_or_skip()
     port_67_free_or_fail()
@@ -142,17 +153,7 @@ def test_perfdhcp_load_gets_an_offer_for_every_discover(tmp_path: Path) -> None:
     ]
     with serve(env, "pvs1", PVSD_ADDRESS, tmp_path) as process:
         wait_for(lambda: "proxy DHCP listening" in process.log_text(), timeout=20)
-        done = subprocess.run(
-            argv,
-            capture_output=True,
-            text=True,
-            timeout=PERFDHCP_TIMEOUT,
-            check=False,
-            stdin=subprocess.DEVNULL,
-        )
-        output = done.stdout + done.stderr
-        # 0: every exchange completed; 3: some did not (checked below); anything else is a failure.
-        assert done.returncode in (0, 3), f"perfdhcp exited with {done.returncode}:\n{output}"
+        output = run_perfdhcp(argv)
         sent, received = counter(output, "sent packets"), counter(output, "received packets")
         assert process.process.poll() is None, f"pvsd died under load:\n{process.log_text()[-2000:]}"
         assert sent >= RATE * SECONDS * 0.9, f"perfdhcp sent only {sent} DISCOVERs:\n{output}"
@@ -174,16 +175,7 @@ def test_perfdhcp_load_gets_an_offer_for_every_discover(tmp_path: Path) -> None:
         one_mac[one_mac.index("-r") + 1] = "100"
         one_mac[one_mac.index("-p") + 1] = "2"
         before = offers_logged(process)
-        done = subprocess.run(
-            one_mac,
-            capture_output=True,
-            text=True,
-            timeout=PERFDHCP_TIMEOUT,
-            check=False,
-            stdin=subprocess.DEVNULL,
-        )
-        output = done.stdout + done.stderr
-        assert done.returncode in (0, 3), f"perfdhcp exited with {done.returncode}:\n{output}"
+        output = run_perfdhcp(one_mac)
         limited_sent, limited_received = counter(output, "sent packets"), counter(output, "received packets")
         assert limited_sent >= 150, output
         assert 5 <= limited_received <= 15, f"one MAC got {limited_received} offers in 2 s:\n{output}"
