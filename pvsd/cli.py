@@ -24,12 +24,22 @@ from pvsd.config import Config, load_config, render_toml
 from pvsd.errors import BadInput, PvsdError
 from pvsd.farm.bootstrap import BOOTSTRAP_NAME, bootstrap_document, render_bootstrap
 from pvsd.farm.ipxe import device_script, device_script_name, ipxe_bootstrap, unknown_device_script
-from pvsd.farm.records import AccessMode, DeviceType, ServerHealth
+from pvsd.farm.records import (
+    AccessMode,
+    DeviceType,
+    ReplicaState,
+    ServerHealth,
+    VDisk,
+    VersionState,
+    WriteCache,
+)
 from pvsd.farm.store import UNSET, FarmStore, init_farm, open_store
 from pvsd.lab.commands import register as register_lab
 from pvsd.log import LOG_FORMATS, configure_logging, get_logger
 from pvsd.net.mac import parse_mac
+from pvsd.target.commands import register as register_target
 from pvsd.units import format_size, parse_size
+from pvsd.vdisk.image import image_path, import_image
 
 __all__ = ["build_parser", "main"]
 
@@ -341,9 +351,70 @@ def _device_remove(args: argparse.Namespace, config: Config) -> int:
 
 
 def _vdisk_create(args: argparse.Namespace, config: Config) -> int:
-    vdisk = _store(config).create_vdisk(args.name, args.size, sector_size=args.sector_size, mode=args.mode)
-    print(f"vDisk {vdisk.name!r} created: {format_size(vdisk.size)}, {vdisk.mode} mode, version 0")
+    vdisk = _store(config).create_vdisk(
+        args.name, args.size, sector_size=args.sector_size, mode=args.mode, cache=args.cache
+    )
+    print(f"vDisk {vdisk.name!r} created: {format_size(vdisk.size)}, {_mode_text(vdisk)}, version 0")
     return 0
+
+
+def _mode_text(vdisk: VDisk) -> str:
+    if vdisk.mode is AccessMode.PRIVATE:
+        return "private mode"
+    return f"standard mode, write cache on the {vdisk.cache}"
+
+
+def _vdisk_import(args: argparse.Namespace, config: Config) -> int:
+    """Copy a raw image into this server's store as the vDisk's next version, verified."""
+    store = _store(config)
+    source = Path(args.file)
+    try:
+        size = source.stat().st_size
+    except OSError as error:
+        raise BadInput(f"cannot read {source}: {error.strerror}") from None
+    existing = next((v for v in store.list_vdisks() if v.name == args.name), None)
+    if existing is None:
+        existing = store.create_vdisk(
+            args.name, size, sector_size=args.sector_size, mode=args.mode, cache=args.cache
+        )
+    elif existing.size != size:
+        raise BadInput(
+            f"{source} is {size} bytes but vDisk {args.name!r} is {existing.size}: "
+            "a new version must keep the disk's size"
+        )
+    number = max(v.number for v in existing.versions) + 1
+    destination = image_path(Path(config.server.store), args.name, number)
+    progress = _progress_bar(f"importing {source.name}") if sys.stderr.isatty() and not args.quiet else None
+    result = import_image(source, destination, progress, sector_size=existing.sector_size)
+    version = store.add_version(args.name, VersionState.PRODUCTION, sha256=result.sha256)
+    servers = {s.name for s in store.list_servers()}
+    if config.server.name in servers:
+        store.report_replica(
+            config.server.name, args.name, version.number, result.sha256, ReplicaState.VERIFIED
+        )
+        held = f"replica on {config.server.name} verified"
+    else:
+        held = "servers using this store report their replica at their next scan"
+    print(
+        f"vDisk {args.name!r} version {version.number} imported: {format_size(result.size)}, "
+        f"sha256 {result.sha256}, {destination} ({held})"
+    )
+    return 0
+
+
+def _progress_bar(label: str) -> Callable[[int, int], None]:
+    def show(done: int, total: int) -> None:
+        width = 30
+        filled = width * done // total if total else width
+        end = "\n" if done >= total else ""
+        print(
+            f"\r{label} [{'#' * filled}{'.' * (width - filled)}] {done * 100 // max(total, 1)}%",
+            end=end,
+            file=sys.stderr,
+            flush=True,
+        )
+
+    return show
 
 
 def _vdisk_list(args: argparse.Namespace, config: Config) -> int:
@@ -352,18 +423,32 @@ def _vdisk_list(args: argparse.Namespace, config: Config) -> int:
         _print_json(vdisks)
         return 0
     _print_table(
-        ["NAME", "SIZE", "MODE", "VERSIONS", "PRODUCTION"],
+        ["NAME", "SIZE", "MODE", "CACHE", "VERSIONS", "PRODUCTION"],
         [
             [
                 v.name,
                 format_size(v.size),
                 v.mode,
+                "-" if v.mode is AccessMode.PRIVATE else v.cache,
                 len(v.versions),
                 max((ver.number for ver in v.versions if ver.state == "production"), default="-"),
             ]
             for v in vdisks
         ],
         "no vDisks: create one with `pvsd vdisk create NAME --size BYTES`",
+    )
+    return 0
+
+
+def _vdisk_replicas(args: argparse.Namespace, config: Config) -> int:
+    replicas = _store(config).list_replicas(args.name)
+    if args.json:
+        _print_json(replicas)
+        return 0
+    _print_table(
+        ["VDISK", "VERSION", "SERVER", "STATE", "SHA256"],
+        [[r.vdisk, r.version, r.server, r.state, (r.sha256 or "-")[:16]] for r in replicas],
+        "no replicas: servers report the images in their [server] store",
     )
     return 0
 
@@ -385,9 +470,9 @@ def _session_list(args: argparse.Namespace, config: Config) -> int:
         return 0
     now = store.now()
     _print_table(
-        ["DEVICE", "MAC", "SERVER", "IO PORT", "SINCE", "LAST SEEN"],
+        ["ID", "DEVICE", "MAC", "VDISK", "SERVER", "IO PORT", "SINCE", "LAST SEEN"],
         [
-            [s.device, s.mac, s.server, s.io_port, _age(now - s.since), _age(now - s.last_seen)]
+            [s.id, s.device, s.mac, s.vdisk or "-", s.server, s.io_port, _age(now - s.since), _age(s.idle)]
             for s in sessions
         ],
         "no sessions",
@@ -554,7 +639,30 @@ def build_parser() -> argparse.ArgumentParser:
     vdisk_create.add_argument(
         "--mode", choices=[m.value for m in AccessMode], default=AccessMode.STANDARD.value
     )
+
+    def cache_option(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument(
+            "--cache",
+            choices=[c.value for c in WriteCache],
+            default=WriteCache.DEVICE.value,
+            help="standard mode: where writes go (device: the target's RAM and disk; server: an overlay)",
+        )
+
+    cache_option(vdisk_create)
+    vdisk_import = command(
+        vdisk, "import", _vdisk_import, "copy a raw image into this server's store as the next version"
+    )
+    vdisk_import.add_argument("name")
+    vdisk_import.add_argument("file", help="a raw disk image")
+    vdisk_import.add_argument("--sector-size", type=int, choices=(512, 4096), default=512)
+    vdisk_import.add_argument(
+        "--mode", choices=[m.value for m in AccessMode], default=AccessMode.STANDARD.value
+    )
+    cache_option(vdisk_import)
+    vdisk_import.add_argument("--quiet", action="store_true", help="no progress bar")
     with_json(command(vdisk, "list", _vdisk_list, "list vDisks"))
+    replicas = with_json(command(vdisk, "replicas", _vdisk_replicas, "which server holds which version"))
+    replicas.add_argument("name", nargs="?", help="only this vDisk")
     command(vdisk, "remove", _vdisk_remove, "remove a vDisk no device uses").add_argument("name")
 
     bootstrap = group("bootstrap", "what targets download to find the farm's servers")
@@ -575,6 +683,7 @@ def build_parser() -> argparse.ArgumentParser:
     command(config_group, "defaults", _config_defaults, "print every key with its default and help")
 
     register_lab(commands, common)
+    register_target(commands, common)
 
     session = group("session", "targets' streaming sessions")
     with_json(command(session, "list", _session_list, "which device streams from which server"))

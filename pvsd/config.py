@@ -36,6 +36,7 @@ __all__ = [
     "LoginConfig",
     "ServerConfig",
     "StreamConfig",
+    "TargetConfig",
     "TftpConfig",
     "default_table",
     "load_config",
@@ -114,6 +115,18 @@ def _port_range(value: str) -> str | None:
     return None
 
 
+def _positive_int(value: int) -> str | None:
+    return None if value > 0 else f"{value} must be 1 or more"
+
+
+def _mtu(value: int) -> str | None:
+    return None if 576 <= value <= 65535 else f"{value} is not an MTU within 576-65535"
+
+
+def _window(value: int) -> str | None:
+    return None if 1 <= value <= 256 else f"{value} is not within 1-256"
+
+
 def _workers(value: int) -> str | None:
     return None if value >= 0 else f"{value} must be 0 (one per CPU) or more"
 
@@ -150,6 +163,11 @@ class FarmConfig:
     )
     dead_after: float = _key(8.0, "seconds without a heartbeat before a server counts as dead", _positive)
     auto_add: bool = _key(False, "create unknown devices at their first login, from a template")
+    auto_add_template: str = _key(
+        "",
+        "with auto_add: the device whose vDisk, site and type new devices copy; empty: no vDisk",
+        _name_or_empty,
+    )
 
 
 @dataclass(frozen=True)
@@ -283,17 +301,69 @@ class DhcpConfig:
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
 
 
+def _affinity(value: str) -> str | None:
+    choices = ("none", "best-effort", "fixed")
+    return None if value in choices else f"{value!r} is not one of {', '.join(choices)}"
+
+
+def _prefix(value: int) -> str | None:
+    return None if 0 <= value <= 32 else f"{value} is not an IPv4 prefix length (0-32)"
+
+
+def _payload(value: int) -> str | None:
+    return None if 512 <= value <= MAX_STREAM_PAYLOAD else f"{value} is not within 512-{MAX_STREAM_PAYLOAD}"
+
+
+def _burst(value: int) -> str | None:
+    return None if 4096 <= value <= 1 << 20 else f"{value} is not within 4096-1048576 bytes"
+
+
+# The largest DATA payload: a 64 KiB IP datagram less the IP, UDP, stream header and offset.
+MAX_STREAM_PAYLOAD = 65535 - 20 - 8 - 18 - 8
+
+
 @dataclass(frozen=True)
 class LoginConfig:
-    enabled: bool = _key(True, "accept target logins (not built yet)")
+    enabled: bool = _key(True, "accept target logins")
     port: int = _key(6910, "UDP port of the login service", _port)
+    ticket_lifetime: float = _key(
+        7 * 86400.0, "seconds a ticket stays valid for logging in again to another server", _positive
+    )
+    affinity: str = _key(
+        "none", "subnet affinity when choosing the I/O server: none, best-effort or fixed", _affinity
+    )
+    affinity_prefix: int = _key(24, "the prefix length that makes a server and a target one subnet", _prefix)
 
 
 @dataclass(frozen=True)
 class StreamConfig:
-    enabled: bool = _key(True, "stream vDisks to targets (not built yet)")
+    enabled: bool = _key(True, "stream vDisks to targets")
     ports: str = _key("6911-6930", "UDP port range of the I/O workers, one port per worker", _port_range)
     workers: int = _key(0, "number of I/O worker processes; 0 means one per CPU", _workers)
+    cache_dir: str = _key(
+        "var/cache", "where server-side write caches live; servers sharing it can take over each other's"
+    )
+    max_payload: int = _key(
+        MAX_STREAM_PAYLOAD, "largest DATA payload in bytes; a target asks for less to fit its MTU", _payload
+    )
+    max_burst: int = _key(32768, "bytes answered to one READ, in as many datagrams as needed", _burst)
+    idle_timeout: float = _key(
+        60.0,
+        "seconds without a request before a worker forgets a session (targets send keepalives)",
+        _positive,
+    )
+
+
+@dataclass(frozen=True)
+class TargetConfig:
+    mtu: int = _key(
+        1506, "the target's MTU: what it asks the server to fit DATA into (PVS default 1506)", _mtu
+    )
+    window: int = _key(8, "requests a target keeps in flight", _window)
+    failover_after: int = _key(
+        3, "timeouts in a row before a target logs in again to the next server", _positive_int
+    )
+    keepalive_interval: float = _key(10.0, "seconds between keepalives of an idle target", _positive)
 
 
 @dataclass(frozen=True)
@@ -313,6 +383,7 @@ class Config:
     dhcp: DhcpConfig = field(default_factory=DhcpConfig)
     login: LoginConfig = field(default_factory=LoginConfig)
     stream: StreamConfig = field(default_factory=StreamConfig)
+    target: TargetConfig = field(default_factory=TargetConfig)
     api: ApiConfig = field(default_factory=ApiConfig)
 
 

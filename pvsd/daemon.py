@@ -19,6 +19,7 @@ from pvsd.farm.membership import Membership
 from pvsd.farm.records import Server
 from pvsd.farm.store import FarmStore, open_store
 from pvsd.privileges import drop_privileges
+from pvsd.stream.service import StreamService, stream_ports
 from pvsd.tftp.server import TftpServer
 from pvsd.tftp.workers import TftpWorkers, share_of, worker_count
 
@@ -27,14 +28,14 @@ __all__ = ["advertised_ports", "serve"]
 
 def advertised_ports(config: Config) -> dict[str, int]:
     """The ports other servers and targets need to reach this one, as recorded in the farm."""
-    first, last = (int(part) for part in config.stream.ports.split("-"))
+    io_ports = stream_ports(config)
     return {
         "tftp": config.tftp.port,
         "dhcp": config.dhcp.port,
         "pxe": config.dhcp.pxe_port,
         "login": config.login.port,
-        "stream_first": first,
-        "stream_last": last,
+        "stream_first": io_ports[0],
+        "stream_last": io_ports[-1],
         "api": config.api.port,
     }
 
@@ -71,7 +72,7 @@ async def serve(config: Config, actor: str, log: structlog.stdlib.BoundLogger) -
         try:
             await membership.refresh(loop.time())
             farm = await asyncio.to_thread(store.get_farm)
-            services = await _start_services(config, farm.name, this, membership, log)
+            services = await _start_services(config, farm.name, farm.secret, this, membership, log)
             if drop_privileges(config.server.user):
                 log.info("switched user after binding", user=config.server.user)
             log.info(
@@ -104,7 +105,12 @@ class Service(Protocol):
 
 
 async def _start_services(
-    config: Config, farm: str, this: Server, membership: Membership, log: structlog.stdlib.BoundLogger
+    config: Config,
+    farm: str,
+    secret: str,
+    this: Server,
+    membership: Membership,
+    log: structlog.stdlib.BoundLogger,
 ) -> list[Service]:
     """Bind every enabled service; a port that cannot be bound stops the start with a clear error."""
     devices = DeviceView(membership.store, config.farm.heartbeat_interval)
@@ -116,6 +122,8 @@ async def _start_services(
             services += await _start_tftp(config, farm, this, membership, devices, template, log)
         if config.dhcp.enabled:
             services.append(await _start_dhcp(config, devices, log))
+        if config.stream.enabled or config.login.enabled:
+            services.append(await _start_stream(config, secret, membership, log))
     except BaseException:
         for service in reversed(services):
             await service.close()
@@ -176,3 +184,17 @@ async def _start_dhcp(config: Config, devices: DeviceView, log: structlog.stdlib
             f"{error.strerror} (another DHCP server on this host? set [dhcp] port, bind or enabled = false)"
         ) from error
     return server
+
+
+async def _start_stream(
+    config: Config, secret: str, membership: Membership, log: structlog.stdlib.BoundLogger
+) -> Service:
+    stream = StreamService(config, membership.store, secret, membership, log)
+    try:
+        await stream.start()
+    except OSError as error:
+        raise Failure(
+            f"cannot listen for logins or streaming on {config.server.bind}: {error.strerror} "
+            "(another pvsd on this address? set [login] port, [stream] ports or enabled = false)"
+        ) from error
+    return stream

@@ -26,6 +26,7 @@ from pvsd.farm.records import (
     VDisk,
     VDiskVersion,
     VersionState,
+    WriteCache,
 )
 from pvsd.farm.store import UNSET, FarmStore, init_farm, open_store
 
@@ -55,6 +56,7 @@ __all__ = [
     "VDisk",
     "VDiskVersion",
     "VersionState",
+    "WriteCache",
     "init_farm",
     "open_store",
 ]

@@ -27,6 +27,7 @@ __all__ = [
     "VDisk",
     "VDiskVersion",
     "VersionState",
+    "WriteCache",
 ]
 
 
@@ -64,6 +65,13 @@ class AccessMode(enum.StrEnum):
 
     PRIVATE = "private"
     STANDARD = "standard"
+
+
+class WriteCache(enum.StrEnum):
+    """Where a standard-mode target's writes go (PVS's write-cache types); private mode has none."""
+
+    SERVER = "server"  # an overlay file per device on the server, under [stream] cache_dir
+    DEVICE = "device"  # the target's own RAM with overflow to its disk: the server refuses writes
 
 
 class VersionState(enum.StrEnum):
@@ -136,6 +144,7 @@ class VDisk:
     mode: AccessMode
     created_at: float
     versions: tuple[VDiskVersion, ...]
+    cache: WriteCache = WriteCache.DEVICE
 
 
 @dataclass(frozen=True)
@@ -168,6 +177,8 @@ class Session:
     io_port: int
     since: float
     last_seen: float
+    vdisk: str | None = None  # the device's vDisk now
+    idle: float = 0.0  # seconds since last seen, by the database's clock, when the record was read
 
 
 @dataclass(frozen=True)

@@ -105,6 +105,11 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX sessions_by_server ON sessions (server_id)",
         ),
     ),
+    Migration(
+        3,
+        "where a standard-mode vDisk's writes go: the server or the device",
+        ("ALTER TABLE vdisks ADD COLUMN cache TEXT NOT NULL DEFAULT 'device'",),
+    ),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version

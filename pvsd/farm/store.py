@@ -44,6 +44,7 @@ from pvsd.farm.records import (
     VDisk,
     VDiskVersion,
     VersionState,
+    WriteCache,
 )
 from pvsd.farm.schema import LATEST_VERSION, MIGRATIONS
 from pvsd.names import check_name
@@ -74,8 +75,9 @@ _SERVER_SELECT = """
     FROM servers sv LEFT JOIN sites si ON si.id = sv.site_id"""
 
 _SESSION_SELECT = """
-    SELECT se.id, d.mac, d.name, sv.name, se.io_port, se.since, se.last_seen
-    FROM sessions se JOIN devices d ON d.id = se.device_id JOIN servers sv ON sv.id = se.server_id"""
+    SELECT se.id, d.mac, d.name, sv.name, se.io_port, se.since, se.last_seen, v.name, {now} - se.last_seen
+    FROM sessions se JOIN devices d ON d.id = se.device_id JOIN servers sv ON sv.id = se.server_id
+    LEFT JOIN vdisks v ON v.id = d.vdisk_id"""
 
 
 def backend_for(url: str) -> Backend:
@@ -426,7 +428,12 @@ class FarmStore:
     # -- vDisks and versions ------------------------------------------------------------------------
 
     def create_vdisk(
-        self, name: str, size: int, sector_size: int = 512, mode: AccessMode = AccessMode.STANDARD
+        self,
+        name: str,
+        size: int,
+        sector_size: int = 512,
+        mode: AccessMode = AccessMode.STANDARD,
+        cache: WriteCache = WriteCache.DEVICE,
     ) -> VDisk:
         """Record a new vDisk with its base version 0 (in production, no image hash yet)."""
         check_name("vDisk", name)
@@ -437,15 +444,16 @@ class FarmStore:
                 f"bad vDisk size {size}: must be a positive multiple of the sector size {sector_size}"
             )
         mode = AccessMode(mode)
+        cache = WriteCache(cache)
 
         def work(cursor: Cursor) -> None:
             if self._one(cursor, "SELECT 1 FROM vdisks WHERE name = ?", (name,)):
                 raise AlreadyExists(f"vDisk {name!r} exists already")
             vdisk_id = self._one(
                 cursor,
-                "INSERT INTO vdisks (name, size, sector_size, mode, created_at) VALUES (?, ?, ?, ?, {now}) "
-                "RETURNING id",
-                (name, size, sector_size, mode),
+                "INSERT INTO vdisks (name, size, sector_size, mode, cache, created_at) "
+                "VALUES (?, ?, ?, ?, ?, {now}) RETURNING id",
+                (name, size, sector_size, mode, cache),
             )[0]
             self._exec(
                 cursor,
@@ -453,7 +461,9 @@ class FarmStore:
                 "VALUES (?, 0, ?, NULL, {now})",
                 (vdisk_id, VersionState.PRODUCTION),
             )
-            self._audit(cursor, "vdisk.create", name, size=size, sector_size=sector_size, mode=mode)
+            self._audit(
+                cursor, "vdisk.create", name, size=size, sector_size=sector_size, mode=mode, cache=cache
+            )
 
         self._run(True, work)
         return self.get_vdisk(name)
@@ -472,7 +482,7 @@ class FarmStore:
             where, params = ("WHERE v.name = ?", (only,)) if only else ("", ())
             disks = self._all(
                 cursor,
-                f"""SELECT v.name, v.size, v.sector_size, v.mode, v.created_at
+                f"""SELECT v.name, v.size, v.sector_size, v.mode, v.created_at, v.cache
                     FROM vdisks v {where} ORDER BY v.name""",
                 params,
             )
@@ -501,6 +511,7 @@ class FarmStore:
                 mode=AccessMode(row[3]),
                 created_at=row[4],
                 versions=tuple(by_disk.get(row[0], ())),
+                cache=WriteCache(row[5]),
             )
             for row in disks
         ]
@@ -764,6 +775,58 @@ class FarmStore:
 
         session_id = self._run(True, work)
         return next(s for s in self.list_sessions() if s.id == session_id)
+
+    def resume_session(self, session_id: int, mac: str, server: str, io_port: int) -> Session:
+        """A target that logged in again with its ticket keeps its session id on its new server."""
+        mac = parse_mac(mac)
+
+        def work(cursor: Cursor) -> None:
+            device_id = self._id(cursor, "devices", "mac", mac, "device")
+            server_id = self._id(cursor, "servers", "name", server, "server")
+            row = self._one(
+                cursor, "SELECT device_id, server_id, io_port FROM sessions WHERE id = ?", (session_id,)
+            )
+            if row is not None and row[0] == device_id:
+                if (row[1], row[2]) == (server_id, io_port):
+                    self._exec(cursor, "UPDATE sessions SET last_seen = {now} WHERE id = ?", (session_id,))
+                    return
+                self._exec(
+                    cursor,
+                    "UPDATE sessions SET server_id = ?, io_port = ?, last_seen = {now} WHERE id = ?",
+                    (server_id, io_port, session_id),
+                )
+            else:
+                self._exec(
+                    cursor, "DELETE FROM sessions WHERE device_id = ? OR id = ?", (device_id, session_id)
+                )
+                self._exec(
+                    cursor,
+                    "INSERT INTO sessions (id, device_id, server_id, io_port, since, last_seen) "
+                    "VALUES (?, ?, ?, ?, {now}, {now})",
+                    (session_id, device_id, server_id, io_port),
+                )
+            self._audit(cursor, "session.move", mac, server=server, io_port=io_port, session=session_id)
+
+        self._run(True, work)
+        return next(s for s in self.list_sessions() if s.id == session_id)
+
+    def touch_sessions(self, session_ids: Sequence[int]) -> int:
+        """Stamp the sessions a server's workers still serve (not audited: keepalives are not changes)."""
+        if not session_ids:
+            return 0
+        marks = ", ".join("?" for _ in session_ids)
+        return int(
+            self._run(
+                True,
+                lambda cursor: (
+                    self._exec(
+                        cursor,
+                        f"UPDATE sessions SET last_seen = {{now}} WHERE id IN ({marks})",
+                        tuple(session_ids),
+                    ).rowcount
+                ),
+            )
+        )
 
     def touch_session(self, session_id: int) -> bool:
         return bool(

@@ -91,9 +91,12 @@ class Header:
 
 @dataclass(frozen=True)
 class Login:
+    """A fresh login is padded with zeros so that the reply is never larger than the request."""
+
     mac: str
     max_payload: int
     ticket: bytes = b""
+    padding: int = 0
 
 
 @dataclass(frozen=True)
@@ -203,7 +206,11 @@ def _body(kind: int, reader: Reader) -> Message:
     if kind == MessageType.LOGIN:
         mac = format_mac(reader.take(6))
         max_payload = reader.u16()
-        return Login(mac, max_payload, _short_bytes(reader))
+        ticket = _short_bytes(reader)
+        padding = reader.rest()
+        if padding.count(0) != len(padding):
+            raise DecodeError("LOGIN padding must be zero bytes")
+        return Login(mac, max_payload, ticket, len(padding))
     if kind == MessageType.LOGIN_REPLY:
         io_address = ipaddress.IPv4Address(reader.take(4))
         io_port, sector_size = reader.u16(), reader.u16()
@@ -278,11 +285,12 @@ def encode(message: Message, request_id: int = 0, session: int = 0, flags: int =
     kind = _TYPES[type(message)]
     head = _HEADER.pack(MAGIC, VERSION, kind, flags, request_id, session)
     match message:
-        case Login(mac, max_payload, ticket):
+        case Login(mac, max_payload, ticket, padding):
             body = (
                 bytes.fromhex(mac.replace(":", ""))
                 + struct.pack("!H", max_payload)
                 + _pack_short_bytes(ticket)
+                + bytes(padding)
             )
         case LoginReply():
             if len(message.servers) > 255:

@@ -18,18 +18,32 @@ def pvsd_env(database: str, **keys: str) -> dict[str, str]:
     """The environment for a pvsd process: the farm database plus PVSD_<SECTION>__<KEY> settings.
 
     Proxy DHCP is off unless a test turns it on: by default it listens on 0.0.0.0:67, and a
-    test must never answer DHCP on the host's real network.
+    test must never answer DHCP on the host's real network. Logins and streaming are off
+    too (they start worker processes) unless a test turns them on.
     """
     env = {k: v for k, v in os.environ.items() if not k.startswith("PVSD_")}
     env["PVSD_FARM__DATABASE"] = database
     env["PVSD_DHCP__ENABLED"] = "false"
+    env["PVSD_LOGIN__ENABLED"] = "false"
+    env["PVSD_STREAM__ENABLED"] = "false"
     env.update({f"PVSD_{key.upper()}": value for key, value in keys.items()})
     return env
 
 
-def pvsd(env: Mapping[str, str], *argv: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+def in_namespace(namespace: str | None) -> list[str]:
+    """The command prefix that runs a program inside a network namespace (none: here)."""
+    return ["ip", "netns", "exec", namespace] if namespace else []
+
+
+def pvsd(
+    env: Mapping[str, str], *argv: str, timeout: float = 30, namespace: str | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "pvsd", *argv], env=dict(env), capture_output=True, text=True, timeout=timeout
+        [*in_namespace(namespace), sys.executable, "-m", "pvsd", *argv],
+        env=dict(env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 
@@ -75,12 +89,15 @@ class ServeProcess:
 
 
 @contextmanager
-def serve(env: Mapping[str, str], name: str, address: str, folder: Path) -> Iterator[ServeProcess]:
+def serve(
+    env: Mapping[str, str], name: str, address: str, folder: Path, namespace: str | None = None
+) -> Iterator[ServeProcess]:
     """`pvsd serve` in the background, logging JSON to a file; always killed at the end."""
     log = folder / f"{name}-{address}-{time.monotonic_ns()}.log"
     with log.open("w") as stream:
         process = subprocess.Popen(
             [
+                *in_namespace(namespace),
                 sys.executable,
                 "-m",
                 "pvsd",

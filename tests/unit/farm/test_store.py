@@ -22,6 +22,7 @@ from pvsd.farm import (
     ServerHealth,
     ServerState,
     VersionState,
+    WriteCache,
     init_farm,
     open_store,
 )
@@ -64,7 +65,15 @@ def test_an_older_farm_is_upgraded_in_place(farm_url: str) -> None:
     old = FarmStore(backend_for(farm_url), "old-pvsd", create=True)
     assert old.migrate(target=1) == [1]
     old.create_farm("lab")
-    old.create_vdisk("base", 1 << 20)
+    # What pvsd wrote at schema version 1 (today's create_vdisk writes columns added since).
+    old._run(
+        True,
+        lambda cursor: old._exec(
+            cursor,
+            "INSERT INTO vdisks (name, size, sector_size, mode, created_at) "
+            "VALUES ('base', 1048576, 512, 'standard', {now})",
+        ),
+    )
     old.add_device("aa:bb:cc:00:00:01", "t1", vdisk="base")
     secret = old.get_farm().secret
     assert old.schema_version() == 1
@@ -74,6 +83,7 @@ def test_an_older_farm_is_upgraded_in_place(farm_url: str) -> None:
     assert store.schema_version() == LATEST_VERSION
     assert store.get_farm().secret == secret
     assert store.get_device("aa:bb:cc:00:00:01").vdisk == "base"
+    assert store.get_vdisk("base").cache is WriteCache.DEVICE  # migration 3's default
     register(store, "pvs1", "10.0.0.1")
     assert store.open_session("aa:bb:cc:00:00:01", "pvs1", 6911).server == "pvs1"
     assert any(entry.action == "farm.upgrade" for entry in store.list_audit())

@@ -1,0 +1,123 @@
+"""The streaming side of `pvsd serve`: replica scan, I/O workers, login service, session stamps.
+
+Started after the server joined the farm. The I/O workers are up before the login port
+opens, so a target is never sent to a port nobody serves yet.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from pathlib import Path
+
+import structlog
+
+from pvsd.config import Config
+from pvsd.farm.errors import StoreError
+from pvsd.farm.membership import Membership
+from pvsd.farm.records import Server, ServerHealth
+from pvsd.farm.store import FarmStore
+from pvsd.stream.io import IoSettings
+from pvsd.stream.login import LoginServer
+from pvsd.stream.replicas import ReplicaScanner
+from pvsd.stream.workers import StreamWorkers, stream_worker_count
+
+__all__ = ["StreamService", "stream_ports"]
+
+
+def stream_ports(config: Config) -> range:
+    """The ports this server's I/O workers bind: the first `workers` of `[stream] ports`."""
+    first, last = (int(part) for part in config.stream.ports.split("-"))
+    span = range(first, last + 1)
+    return range(first, first + stream_worker_count(config.stream.workers, span))
+
+
+class StreamService:
+    def __init__(
+        self,
+        config: Config,
+        store: FarmStore,
+        secret: str,
+        membership: Membership,
+        log: structlog.stdlib.BoundLogger,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.membership = membership
+        self.log = log
+        folder = Path(config.server.store).resolve()
+        cache_dir = Path(config.stream.cache_dir).resolve()
+        self.settings = IoSettings(
+            secret=secret,
+            store=folder,
+            cache_dir=cache_dir,
+            max_payload=config.stream.max_payload,
+            max_burst=config.stream.max_burst,
+            idle_timeout=config.stream.idle_timeout,
+        )
+        self.scanner = ReplicaScanner(store, config.server.name, folder, log.bind(service="replicas"))
+        self.workers = StreamWorkers(
+            self.settings,
+            config.server.bind,
+            stream_ports(config),
+            config.server.user,
+            log.bind(service="stream"),
+        )
+        self.login: LoginServer | None = None
+        self._stamper: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        try:
+            self.settings.cache_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            self.log.error(
+                "cannot create the write-cache folder",
+                cache_dir=str(self.settings.cache_dir),
+                error=error.strerror,
+            )
+        await self.scanner.start()
+        if not self.config.stream.enabled:
+            return
+        await self.workers.start()
+        if self.config.login.enabled:
+            loop = asyncio.get_running_loop()
+            dead_after = self.config.farm.dead_after
+
+            def live_servers() -> list[Server]:
+                return [
+                    s
+                    for s in self.membership.known_servers(loop.time())
+                    if s.health(dead_after) is ServerHealth.ALIVE
+                ]
+
+            self.login = LoginServer(
+                self.config,
+                self.store,
+                self.settings.secret,
+                live_servers,
+                self.workers.least_loaded_port,
+                self.log.bind(service="login"),
+            )
+            try:
+                await self.login.start()
+            except OSError as error:
+                await self.workers.close()
+                raise OSError(error.errno, f"login port {self.config.login.port}: {error.strerror}") from None
+        self._stamper = asyncio.create_task(self._stamp_sessions(), name="session-stamps")
+
+    async def _stamp_sessions(self) -> None:
+        """Keep `last seen` of the sessions this server serves current in the farm store."""
+        while True:
+            await asyncio.sleep(self.config.farm.heartbeat_interval)
+            with contextlib.suppress(StoreError):
+                await asyncio.to_thread(self.store.touch_sessions, self.workers.session_ids())
+
+    async def close(self) -> None:
+        if self._stamper is not None:
+            self._stamper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._stamper
+        if self.login is not None:
+            await self.login.close()
+        await self.workers.close()
+        await self.scanner.close()

@@ -1,0 +1,171 @@
+"""`pvsd target ...`: be a target from the command line: copy a whole vDisk, or test writes."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import json
+import os
+import random
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from pvsd.config import Config
+from pvsd.errors import BadInput, Failure
+from pvsd.log import get_logger
+from pvsd.net.mac import parse_mac
+from pvsd.stream.client import StreamClient
+from pvsd.target.servers import Address, fetch_bootstrap, parse_servers
+from pvsd.units import format_size, parse_size
+
+__all__ = ["copy_disk", "register"]
+
+Handler = Callable[[argparse.Namespace, Config], int]
+CHUNK = 4 << 20  # bytes per read handed to the flow; it splits them into bursts
+CHUNKS_IN_FLIGHT = 4
+
+
+def register(commands: Any, common: argparse.ArgumentParser) -> None:
+    help = "act as a target: log in by MAC and stream a vDisk"
+    target = commands.add_parser("target", help=help, description=help)
+    group = target.add_subparsers(title="commands", metavar="COMMAND", required=True)
+
+    where = argparse.ArgumentParser(add_help=False)
+    where.add_argument("--mac", required=True, help="the target's MAC address")
+    servers = where.add_mutually_exclusive_group(required=True)
+    servers.add_argument("--servers", metavar="HOST[:PORT],...", help="login servers, in order (port 6910)")
+    servers.add_argument(
+        "--bootstrap", metavar="URL", help="tftp://HOST/pvs.bootstrap: the farm's live servers"
+    )
+    where.add_argument("--json", action="store_true", help="print the result as JSON")
+
+    def command(name: str, handler: Handler, help: str) -> argparse.ArgumentParser:
+        sub: argparse.ArgumentParser = group.add_parser(
+            name, parents=[common, where], help=help, description=help
+        )
+        sub.set_defaults(handler=handler)
+        return sub
+
+    copy = command("copy", _copy, "read the whole disk into a file and print its sha256 and throughput")
+    copy.add_argument(
+        "--out", type=Path, required=True, metavar="FILE", help="where to write the disk (- for none)"
+    )
+    test = command("write-test", _write_test, "write a pattern, flush, read it back and compare")
+    test.add_argument("--offset", type=parse_size, default=0, metavar="BYTES", help="where to write (0)")
+    test.add_argument("--size", type=parse_size, default=1 << 20, metavar="BYTES", help="how much (1M)")
+    test.add_argument("--seed", type=int, default=1, help="pattern seed (1)")
+
+
+def _servers(args: argparse.Namespace) -> list[Address]:
+    if args.servers:
+        return parse_servers(args.servers)
+    return fetch_bootstrap(args.bootstrap)
+
+
+def _client(args: argparse.Namespace, config: Config) -> StreamClient:
+    try:
+        mac = parse_mac(args.mac)
+    except BadInput as error:
+        raise BadInput(f"--mac: {error}") from None
+    return StreamClient(mac, _servers(args), config.target, get_logger("target"))
+
+
+async def copy_disk(client: StreamClient, out: Path | None) -> dict[str, Any]:
+    """Read the whole disk in order (chunks in flight at once); returns what the copy measured."""
+    reply = await client.connect()
+    size = reply.disk_size
+    digest = hashlib.sha256()
+    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644) if out is not None else None
+    started = time.monotonic()
+    try:
+        pending: list[asyncio.Task[bytes]] = []
+        offset = 0
+        while offset < size or pending:
+            while offset < size and len(pending) < CHUNKS_IN_FLIGHT:
+                length = min(CHUNK, size - offset)
+                pending.append(asyncio.create_task(client.read(offset, length)))
+                offset += length
+            chunk = await pending.pop(0)
+            digest.update(chunk)
+            if fd is not None:
+                os.write(fd, chunk)
+        elapsed = time.monotonic() - started
+    finally:
+        if fd is not None:
+            os.close(fd)
+        stats = client.flow.stats if client.flow is not None else None
+        await client.close()
+    return {
+        "bytes": size,
+        "seconds": round(elapsed, 3),
+        "mb_per_s": round(size / elapsed / 1e6, 1) if elapsed else None,
+        "sha256": digest.hexdigest(),
+        "server": client.server_name,
+        "payload": reply.max_payload,
+        "burst": reply.max_burst,
+        "retransmits": getattr(stats, "retransmits", 0),
+        "failovers": [
+            {"from": f.from_server, "to": f.to_server, "stall_s": round(f.stall_s, 3)}
+            for f in client.stats.failovers
+        ],
+    }
+
+
+def _copy(args: argparse.Namespace, config: Config) -> int:
+    out = None if str(args.out) == "-" else args.out
+    result = asyncio.run(copy_disk(_client(args, config), out))
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    print(
+        f"copied {format_size(result['bytes'])} in {result['seconds']:.2f} s ({result['mb_per_s']} MB/s) "
+        f"from {result['server']}, {result['retransmits']} retransmits"
+    )
+    for failover in result["failovers"]:
+        print(f"failed over from {failover['from']} to {failover['to']}: stalled {failover['stall_s']:.2f} s")
+    print(f"sha256 {result['sha256']}")
+    return 0
+
+
+async def _write_and_check(client: StreamClient, offset: int, size: int, seed: int) -> dict[str, Any]:
+    reply = await client.connect()
+    try:
+        if offset % reply.sector_size or size % reply.sector_size or size <= 0:
+            raise BadInput(
+                f"--offset and --size must be positive multiples of the sector size {reply.sector_size}"
+            )
+        if offset + size > reply.disk_size:
+            raise BadInput(f"--offset + --size pass the end of the disk ({reply.disk_size} bytes)")
+        pattern = random.Random(seed).randbytes(size)  # noqa: S311 - a test pattern, not a secret
+        started = time.monotonic()
+        await client.write(offset, pattern)
+        await client.flush()
+        back = await client.read(offset, size)
+        elapsed = time.monotonic() - started
+    finally:
+        await client.close()
+    return {
+        "offset": offset,
+        "bytes": size,
+        "match": back == pattern,
+        "seconds": round(elapsed, 3),
+        "server": client.server_name,
+    }
+
+
+def _write_test(args: argparse.Namespace, config: Config) -> int:
+    result = asyncio.run(_write_and_check(_client(args, config), args.offset, args.size, args.seed))
+    if args.json:
+        print(json.dumps(result))
+    else:
+        verdict = "read back equal" if result["match"] else "READ BACK DIFFERENT"
+        print(
+            f"wrote {format_size(result['bytes'])} at {result['offset']}, flushed, {verdict} "
+            f"({result['seconds']:.2f} s, {result['server']})"
+        )
+    if not result["match"]:
+        raise Failure("the data read back differs from what was written")
+    return 0

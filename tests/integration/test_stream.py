@@ -1,0 +1,339 @@
+"""Login and streaming on loopback: two real `pvsd serve` processes, one farm, one store, real targets.
+
+Targets are `pvsd target copy` processes (and, for many at once, the client library in this
+process); refusals are checked with hand-made datagrams.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from support.lossy_relay import lossy_relay
+from support.pvsd import pvsd, wait_for
+from support.stream import SERVERS, StreamFarm, stream_farm
+
+from pvsd.config import TargetConfig
+from pvsd.log import get_logger
+from pvsd.stream.client import StreamClient
+from pvsd.stream.wire import (
+    ErrorCode,
+    ErrorReply,
+    Keepalive,
+    Login,
+    LoginReply,
+    Read,
+    Write,
+    WriteAck,
+    decode,
+    encode,
+)
+
+MAC = "52:54:00:00:00:00"
+
+
+def copy(farm: StreamFarm, out: Path, mac: str = MAC, servers: str | None = None) -> dict[str, Any]:
+    result = json.loads(
+        farm.run(
+            "target",
+            "copy",
+            "--mac",
+            mac,
+            "--servers",
+            servers or farm.servers_arg(),
+            "--out",
+            str(out),
+            "--json",
+            timeout=120,
+        )
+    )
+    assert isinstance(result, dict)
+    return result
+
+
+def start_both(farm: StreamFarm) -> None:
+    farm.start("pvs1")
+    farm.start("pvs2")
+    farm.wait_verified("disk")
+
+
+def test_copy_matches_and_the_session_is_recorded(tmp_path: Path) -> None:
+    with stream_farm(tmp_path) as farm:
+        start_both(farm)
+        result = copy(farm, tmp_path / "copy.raw")
+        assert result["sha256"] == farm.sha256
+        assert hashlib.sha256((tmp_path / "copy.raw").read_bytes()).hexdigest() == farm.sha256
+        sessions = farm.sessions()
+        assert [s["mac"] for s in sessions] == [MAC]
+        assert sessions[0]["server"] in SERVERS and sessions[0]["vdisk"] == "disk"
+        events = [e for p in farm.processes.values() for e in p.log_events()]
+        assert any(e["event"] == "login granted" and e.get("mac") == MAC for e in events)
+
+
+def test_twenty_targets_copy_at_once(tmp_path: Path) -> None:
+    with stream_farm(tmp_path, size=16 << 20) as farm:
+        macs = [f"52:54:00:00:01:{i:02x}" for i in range(20)]
+        for index, mac in enumerate(macs):
+            farm.run("device", "add", mac, "--name", f"many{index}", "--vdisk", "disk")
+        start_both(farm)
+
+        async def one(mac: str) -> str:
+            client = StreamClient(
+                mac, list(zip(SERVERS.values(), [6910] * 2, strict=True)), TargetConfig(), get_logger("t")
+            )
+            await client.connect()
+            digest = hashlib.sha256()
+            try:
+                for offset in range(0, client.disk_size, 1 << 20):
+                    digest.update(await client.read(offset, 1 << 20))
+            finally:
+                await client.close()
+            return digest.hexdigest()
+
+        async def everyone() -> list[str]:
+            return await asyncio.gather(*(one(mac) for mac in macs))
+
+        digests = asyncio.run(asyncio.wait_for(everyone(), 120))
+        assert digests == [farm.sha256] * 20
+        per_server = {name: 0 for name in SERVERS}
+        for session in farm.sessions():
+            per_server[session["server"]] += 1
+        assert all(count >= 5 for count in per_server.values()), per_server  # both servers took a share
+
+
+def test_sigkill_of_the_serving_server_mid_copy(tmp_path: Path) -> None:
+    with stream_farm(tmp_path) as farm:
+        start_both(farm)
+        out = tmp_path / "copy.raw"
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "pvsd",
+                "--log-format",
+                "json",
+                "target",
+                "copy",
+                "--mac",
+                MAC,
+                "--servers",
+                farm.servers_arg(),
+                "--out",
+                str(out),
+                "--json",
+            ],
+            env={**farm.env, "PVSD_TARGET__MTU": "1506"},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            wait_for(
+                lambda: bool(farm.sessions()) and out.exists() and out.stat().st_size > 0,
+                timeout=30,
+                interval=0.05,
+            )
+            serving = farm.sessions()[0]["server"]
+            farm.processes[serving].signal(signal.SIGKILL)
+            stdout, stderr = process.communicate(timeout=120)
+        finally:
+            if process.poll() is None:
+                process.kill()
+        assert process.returncode == 0, stderr
+        result = json.loads(stdout)
+        assert result["sha256"] == farm.sha256
+        assert result["failovers"], "the copy should report its failover"
+        failover = result["failovers"][0]
+        assert failover["from"] == serving and failover["to"] != serving
+        assert failover["stall_s"] < 10
+        assert "failed over" in stderr
+
+
+def _ask(sock: socket.socket, data: bytes, address: tuple[str, int]) -> tuple[Any, Any]:
+    sock.sendto(data, address)
+    reply, _ = sock.recvfrom(65536)
+    assert len(reply) <= max(len(data), 1 << 16)
+    return decode(reply)
+
+
+def _login(sock: socket.socket, mac: str, ticket: bytes = b"") -> tuple[Any, Any]:
+    return _ask(sock, encode(Login(mac, 1400, ticket, 0 if ticket else 600), 7), ("127.0.0.11", 6910))
+
+
+def test_reads_without_a_valid_ticket_are_refused(tmp_path: Path) -> None:
+    with stream_farm(tmp_path, size=1 << 20) as farm:
+        farm.run("device", "add", "52:54:00:00:00:01", "--name", "other", "--vdisk", "disk")
+        farm.start("pvs1")
+        farm.wait_verified("disk", ("pvs1",))
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.settimeout(5)
+            header, reply = _login(sock, MAC)
+            assert isinstance(reply, LoginReply), reply
+            io = (str(reply.io_address), reply.io_port)
+
+            # no ticket, no session: a READ names a session nobody attached
+            _, refusal = _ask(sock, encode(Read(0, 4096), 1, header.session), io)
+            assert isinstance(refusal, ErrorReply) and refusal.code == ErrorCode.UNKNOWN_SESSION
+
+            # a forged ticket: one byte of the claims changed
+            forged = bytearray(reply.ticket)
+            forged[20] ^= 1
+            _, refusal = _ask(sock, encode(Login(MAC, 1400, bytes(forged)), 2, header.session), io)
+            assert isinstance(refusal, ErrorReply) and refusal.code == ErrorCode.TICKET_TAMPERED
+
+            # another device's ticket
+            _, other = _login(sock, "52:54:00:00:00:01")
+            assert isinstance(other, LoginReply)
+            _, refusal = _ask(sock, encode(Login(MAC, 1400, other.ticket), 3, header.session), io)
+            assert isinstance(refusal, ErrorReply) and refusal.code == ErrorCode.TICKET_OTHER_DEVICE
+            _, refusal = _login(sock, MAC, other.ticket)
+            assert isinstance(refusal, ErrorReply) and refusal.code == ErrorCode.TICKET_OTHER_DEVICE
+
+            # a small unpadded login gets no large reply
+            _, refusal = _ask(sock, encode(Login(MAC, 1400), 4), ("127.0.0.11", 6910))
+            assert isinstance(refusal, ErrorReply) and refusal.code == ErrorCode.BAD_REQUEST
+
+            # the real ticket works
+            _, attached = _ask(sock, encode(Login(MAC, 1400, reply.ticket), 5, header.session), io)
+            assert isinstance(attached, Keepalive)
+            _, data = _ask(sock, encode(Read(0, 512), 6, header.session), io)
+            assert data.payload == farm.image.read_bytes()[:512]
+        events = [e["event"] for e in farm.processes["pvs1"].log_events()]
+        assert "ticket refused at attach" in events and "ticket names another device" in events
+
+
+def test_login_refusals_have_their_own_codes(tmp_path: Path) -> None:
+    with stream_farm(tmp_path, size=1 << 20) as farm:
+        farm.run("device", "add", "52:54:00:00:00:02", "--name", "off", "--vdisk", "disk", "--disabled")
+        farm.run("device", "add", "52:54:00:00:00:03", "--name", "nodisk")
+        farm.run("vdisk", "create", "empty", "--size", "1M")
+        farm.run("device", "add", "52:54:00:00:00:04", "--name", "unimaged", "--vdisk", "empty")
+        farm.start("pvs1")
+        farm.wait_verified("disk", ("pvs1",))
+        expected = {
+            "52:54:00:00:00:99": ErrorCode.UNKNOWN_MAC,
+            "52:54:00:00:00:02": ErrorCode.DEVICE_DISABLED,
+            "52:54:00:00:00:03": ErrorCode.NO_VDISK,
+            "52:54:00:00:00:04": ErrorCode.NO_SERVER,
+        }
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.settimeout(5)
+            for mac, code in expected.items():
+                _, reply = _login(sock, mac)
+                assert isinstance(reply, ErrorReply) and reply.code == code, (mac, reply)
+        refused = [e for e in farm.processes["pvs1"].log_events() if e["event"] == "login refused"]
+        assert {e["code"] for e in refused} == {code.name for code in expected.values()}
+
+
+def test_server_cache_reads_back_and_is_wiped_at_the_next_fresh_login(tmp_path: Path) -> None:
+    with stream_farm(tmp_path, size=4 << 20) as farm:
+        start_both(farm)
+        test = json.loads(
+            farm.run(
+                "target",
+                "write-test",
+                "--mac",
+                MAC,
+                "--servers",
+                farm.servers_arg(),
+                "--offset",
+                "1M",
+                "--size",
+                "256K",
+                "--json",
+            )
+        )
+        assert test["match"] is True
+        # A fresh login starts with an empty cache: the disk reads as the image again.
+        assert copy(farm, tmp_path / "after.raw")["sha256"] == farm.sha256
+
+
+def test_device_cache_refuses_writes(tmp_path: Path) -> None:
+    with stream_farm(tmp_path, size=1 << 20) as farm:
+        farm.run("vdisk", "import", "ro", str(farm.image), "--quiet")  # --cache device, the default
+        farm.run("device", "set", MAC, "--vdisk", "ro")
+        farm.start("pvs1")
+        farm.wait_verified("ro", ("pvs1",))
+        outcome = pvsd(
+            farm.env, "target", "write-test", "--mac", MAC, "--servers", "127.0.0.11", "--size", "4K"
+        )
+        assert outcome.returncode != 0 and "READ_ONLY" in outcome.stderr
+
+
+def test_private_writes_survive_a_restart_and_a_duplicate_is_applied_once(tmp_path: Path) -> None:
+    with stream_farm(tmp_path, size=1 << 20) as farm:
+        farm.run("vdisk", "import", "mine", str(farm.image), "--mode", "private", "--quiet")
+        farm.run("device", "set", MAC, "--vdisk", "mine")
+        farm.run("device", "add", "52:54:00:00:00:05", "--name", "second", "--vdisk", "mine")
+        farm.start("pvs1")
+        farm.wait_verified("mine", ("pvs1",))
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.settimeout(5)
+            header, reply = _login(sock, MAC)
+            assert isinstance(reply, LoginReply) and reply.private
+            io = (str(reply.io_address), reply.io_port)
+            session = header.session
+            _, attached = _ask(sock, encode(Login(MAC, 1400, reply.ticket), 1, session), io)
+            assert isinstance(attached, Keepalive)
+            first, second = b"A" * 512, b"B" * 512
+            _, ack = _ask(sock, encode(Write(5, 4096, first), 2, session), io)
+            assert ack == WriteAck(5)
+            _, ack = _ask(sock, encode(Write(5, 4096, second), 3, session), io)  # same sequence: not applied
+            assert ack == WriteAck(5)
+            _, ack = _ask(sock, encode(Write(6, 8192, second), 4, session), io)
+            assert ack == WriteAck(6)
+            # a second private login of another device is refused while this one is live
+            _, refusal = _login(sock, "52:54:00:00:00:05")
+            assert isinstance(refusal, ErrorReply) and refusal.code == ErrorCode.PRIVATE_IN_USE
+        farm.processes["pvs1"].signal(signal.SIGTERM)
+        assert farm.processes["pvs1"].wait() == 0
+        farm.start("pvs1")
+        farm.wait_verified("mine", ("pvs1",))
+        out = tmp_path / "after.raw"
+        copy(farm, out, servers="127.0.0.11")
+        data = out.read_bytes()
+        original = farm.image.read_bytes()
+        assert data[4096:4608] == first and data[8192:8704] == second
+        assert data[:4096] == original[:4096] and data[8704:] == original[8704:]
+
+
+def test_random_datagrams_do_not_stop_the_services(tmp_path: Path) -> None:
+    with stream_farm(tmp_path, size=2 << 20) as farm:
+        farm.start("pvs1")
+        farm.wait_verified("disk", ("pvs1",))
+        rng = random.Random(5)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.setblocking(False)
+            for index in range(3000):
+                size = rng.choice((0, 1, 17, 18, 19, 30, 64, 600, 1400))
+                data = bytearray(rng.randbytes(size))
+                if size >= 18 and index % 2:
+                    data[0:3] = b"PV\x01"  # a valid magic and version, so the body parsers run too
+                    data[3] = rng.randrange(0, 14)
+                port = rng.choice((6910, 6911, 6912))
+                try:
+                    sock.sendto(bytes(data), ("127.0.0.11", port))
+                except BlockingIOError:
+                    time.sleep(0.01)
+        assert copy(farm, tmp_path / "after.raw", servers="127.0.0.11")["sha256"] == farm.sha256
+        assert farm.processes["pvs1"].process.poll() is None
+
+
+def test_a_copy_survives_five_percent_loss(tmp_path: Path) -> None:
+    """Through a relay that drops 5% of datagrams both ways (this kernel has no tc netem)."""
+    with stream_farm(tmp_path, size=8 << 20) as farm:
+        start_both(farm)
+        routes = {"127.0.0.21": "127.0.0.11", "127.0.0.22": "127.0.0.12"}
+        with lossy_relay(routes, (6910, 6911, 6912), loss=0.05) as relay:
+            result = copy(farm, tmp_path / "copy.raw", servers="127.0.0.21,127.0.0.22")
+        assert result["sha256"] == farm.sha256
+        assert relay.dropped > 0 and result["retransmits"] > 0
