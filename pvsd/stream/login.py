@@ -103,6 +103,7 @@ class LoginServer:
         self._answers: dict[tuple[Address, int, str, bytes], tuple[float, bytes | None]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._sector_sizes: dict[str, int] = {}
+        self._deciding = asyncio.Lock()
 
     async def start(self) -> None:
         self.endpoint = UdpEndpoint.bind(
@@ -151,7 +152,10 @@ class LoginServer:
             if login.ticket:
                 reply = await self._resume(request_id, login, peer, size, log)
             else:
-                reply = await self._fresh(request_id, login, peer, size, log)
+                # One fresh login at a time: each decision counts the sessions the one before
+                # opened, so a boot storm spreads over the servers instead of piling on one.
+                async with self._deciding:
+                    reply = await self._fresh(request_id, login, peer, size, log)
         except Exception:
             log.exception("login failed unexpectedly")
             reply = fit_error(
