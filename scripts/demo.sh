@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # `make demo`: a two-server farm on this machine, on the embedded defaults.
-# It initialises a farm in ./var/, starts pvs1 on 127.0.0.11 and pvs2 on 127.0.0.12,
-# shows them seeing each other, then stops them cleanly. Logs are in var/demo/.
+# It initialises a farm in ./var/, imports a generated vDisk, starts pvs1 on 127.0.0.11 and
+# pvs2 on 127.0.0.12, shows them seeing each other, copies the vDisk through a target, then
+# stops them cleanly. Logs are in var/demo/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 pvsd=(.venv/bin/pvsd)
@@ -24,6 +25,11 @@ mkdir -p "$logs"
 step "pvsd farm init   (SQLite farm store in ./var/farm.db)"
 "${pvsd[@]}" farm init --name demo
 
+step "pvsd vdisk import   (a generated 32 MiB raw image into the shared store ./var/store)"
+head -c 33554432 /dev/urandom >var/demo-disk.raw
+"${pvsd[@]}" vdisk import demo-disk var/demo-disk.raw --cache server
+"${pvsd[@]}" device add 52:54:00:12:34:56 --name target1 --vdisk demo-disk
+
 step "pvsd serve: pvs1 on 127.0.0.11 and pvs2 on 127.0.0.12 (logs in $logs/)"
 for n in 1 2; do
     # Proxy DHCP listens on the server's loopback address only: the demo answers nothing on
@@ -43,15 +49,33 @@ done
 step "pvsd server list   (each server sees the other through the farm)"
 "${pvsd[@]}" server list
 
-step "a device and a vDisk in the farm"
-"${pvsd[@]}" vdisk create demo-disk --size 64M
-"${pvsd[@]}" device add 52:54:00:12:34:56 --name target1 --vdisk demo-disk
-"${pvsd[@]}" device list
+for _ in $(seq 50); do
+    verified=$("${pvsd[@]}" vdisk replicas --json | grep -c '"state": "verified"' || true)
+    [ "$verified" -ge 2 ] && break
+    sleep 0.2
+done
+
+step "pvsd vdisk replicas   (both servers found the image in the store and checked its sha256)"
+"${pvsd[@]}" vdisk replicas
+
+step "pvsd target copy   (log in by MAC on UDP 6910, stream the whole vDisk from the chosen server)"
+"${pvsd[@]}" --log-level warning target copy --mac 52:54:00:12:34:56 --servers 127.0.0.11,127.0.0.12 \
+    --out var/demo-copy.raw
+echo "sha256 of the image: $(sha256sum var/demo-disk.raw | cut -d' ' -f1)"
+
+step "pvsd target write-test   (writes go to the device's overlay on the server; a fresh login wipes it)"
+"${pvsd[@]}" --log-level warning target write-test --mac 52:54:00:12:34:56 --servers 127.0.0.11,127.0.0.12
+
+step "pvsd session list"
+"${pvsd[@]}" session list
 
 step "stopping pvs1 with SIGTERM: the farm sees it stopped at once"
 kill -TERM "${pids[0]}"
 wait "${pids[0]}" || true
 "${pvsd[@]}" server list
+
+step "pvsd target copy again, with pvs1 gone: the login goes to pvs2"
+"${pvsd[@]}" --log-level warning target copy --mac 52:54:00:12:34:56 --servers 127.0.0.11,127.0.0.12 --out -
 
 step "the audit log"
 "${pvsd[@]}" farm audit --limit 20

@@ -840,10 +840,12 @@ class FarmStore:
             )
         )
 
-    def close_session(self, session_id: int) -> bool:
+    def close_session(self, session_id: int, server: str | None = None) -> bool:
+        """End a session; with `server`, only if it is still on that server (it may have moved)."""
+
         def work(cursor: Cursor) -> bool:
             row = self._one(cursor, _SESSION_SELECT + " WHERE se.id = ?", (session_id,))
-            if row is None:
+            if row is None or (server is not None and row[3] != server):
                 return False
             self._exec(cursor, "DELETE FROM sessions WHERE id = ?", (session_id,))
             self._audit(cursor, "session.close", row[1], server=row[3], session=session_id)

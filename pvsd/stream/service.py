@@ -62,9 +62,11 @@ class StreamService:
             stream_ports(config),
             config.server.user,
             log.bind(service="stream"),
+            on_closed=self._session_closed,
         )
         self.login: LoginServer | None = None
         self._stamper: asyncio.Task[None] | None = None
+        self._closing: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         try:
@@ -104,6 +106,19 @@ class StreamService:
                 await self.workers.close()
                 raise OSError(error.errno, f"login port {self.config.login.port}: {error.strerror}") from None
         self._stamper = asyncio.create_task(self._stamp_sessions(), name="session-stamps")
+
+    def _session_closed(self, session_id: int) -> None:
+        task = asyncio.create_task(self._close_in_store(session_id))
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    async def _close_in_store(self, session_id: int) -> None:
+        try:
+            await asyncio.to_thread(self.store.close_session, session_id, self.config.server.name)
+        except StoreError as error:
+            self.log.warning(
+                "ended session not closed in the farm store", session=session_id, error=str(error)
+            )
 
     async def _stamp_sessions(self) -> None:
         """Keep `last seen` of the sessions this server serves current in the farm store."""

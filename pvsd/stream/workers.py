@@ -14,6 +14,7 @@ import dataclasses
 import multiprocessing
 import os
 import signal
+from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -45,8 +46,10 @@ class StreamWorkers:
         ports: range,
         user: str,
         log: structlog.stdlib.BoundLogger,
+        on_closed: Callable[[int], None] | None = None,
     ) -> None:
         self.settings = settings
+        self.on_closed = on_closed
         self.host = host
         self.ports = ports
         self.user = user
@@ -109,6 +112,8 @@ class StreamWorkers:
             self.stats[port] = IoStats(**message[2])
         elif message[0] == "closed":
             self.sessions[port].discard(message[1])
+            if self.on_closed is not None:
+                self.on_closed(message[1])
 
     async def close(self) -> None:
         loop = asyncio.get_running_loop()

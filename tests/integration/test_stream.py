@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import os
 import random
 import signal
 import socket
@@ -67,16 +68,35 @@ def start_both(farm: StreamFarm) -> None:
 
 
 def test_copy_matches_and_the_session_is_recorded(tmp_path: Path) -> None:
-    with stream_farm(tmp_path) as farm:
+    with stream_farm(tmp_path, tftp__enabled="true", tftp__root=str(tmp_path)) as farm:
         start_both(farm)
-        result = copy(farm, tmp_path / "copy.raw")
+        # The target finds the servers the way a booted target does: pvs.bootstrap over TFTP.
+        result = json.loads(
+            farm.run(
+                "target",
+                "copy",
+                "--mac",
+                MAC,
+                "--bootstrap",
+                "tftp://127.0.0.12/pvs.bootstrap",
+                "--out",
+                str(tmp_path / "copy.raw"),
+                "--json",
+            )
+        )
         assert result["sha256"] == farm.sha256
         assert hashlib.sha256((tmp_path / "copy.raw").read_bytes()).hexdigest() == farm.sha256
-        sessions = farm.sessions()
-        assert [s["mac"] for s in sessions] == [MAC]
-        assert sessions[0]["server"] in SERVERS and sessions[0]["vdisk"] == "disk"
         events = [e for p in farm.processes.values() for e in p.log_events()]
         assert any(e["event"] == "login granted" and e.get("mac") == MAC for e in events)
+
+        # The session was recorded while it lasted; the target's logout ended it.
+        def audit() -> list[str]:
+            entries = json.loads(farm.run("farm", "audit", "--json"))
+            return [e["action"] for e in reversed(entries) if e["subject"] == MAC]
+
+        wait_for(lambda: "session.close" in audit(), timeout=10)
+        assert audit()[-2:] == ["session.open", "session.close"]
+        assert farm.sessions() == []
 
 
 def test_twenty_targets_copy_at_once(tmp_path: Path) -> None:
@@ -105,8 +125,10 @@ def test_twenty_targets_copy_at_once(tmp_path: Path) -> None:
         digests = asyncio.run(asyncio.wait_for(everyone(), 120))
         assert digests == [farm.sha256] * 20
         per_server = {name: 0 for name in SERVERS}
-        for session in farm.sessions():
-            per_server[session["server"]] += 1
+        for process in farm.processes.values():
+            for event in process.log_events():
+                if event["event"] == "login granted":
+                    per_server[event["server"]] += 1
         assert all(count >= 5 for count in per_server.values()), per_server  # both servers took a share
 
 
@@ -337,3 +359,56 @@ def test_a_copy_survives_five_percent_loss(tmp_path: Path) -> None:
             result = copy(farm, tmp_path / "copy.raw", servers="127.0.0.21,127.0.0.22")
         assert result["sha256"] == farm.sha256
         assert relay.dropped > 0 and result["retransmits"] > 0
+
+
+def test_a_ticket_login_needs_no_database(tmp_path: Path, pg_cluster: Any) -> None:
+    """PostgreSQL stops, then the serving server dies: the target moves to the other server
+    with its ticket and finishes its copy."""
+    database = pg_cluster.create_database(f"farm_stream_{os.getpid()}")
+    with stream_farm(tmp_path, database=database) as farm:
+        start_both(farm)
+        out = tmp_path / "copy.raw"
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "pvsd",
+                "--log-format",
+                "json",
+                "target",
+                "copy",
+                "--mac",
+                MAC,
+                "--servers",
+                farm.servers_arg(),
+                "--out",
+                str(out),
+                "--json",
+            ],
+            env=farm.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            wait_for(
+                lambda: bool(farm.sessions()) and out.exists() and out.stat().st_size > 0,
+                timeout=30,
+                interval=0.05,
+            )
+            serving = farm.sessions()[0]["server"]
+            pg_cluster.stop()
+            try:
+                farm.processes[serving].signal(signal.SIGKILL)
+                stdout, stderr = process.communicate(timeout=120)
+            finally:
+                pg_cluster.start()
+        finally:
+            if process.poll() is None:
+                process.kill()
+        assert process.returncode == 0, stderr
+        result = json.loads(stdout)
+        assert result["sha256"] == farm.sha256 and result["failovers"]
+        other = next(name for name in SERVERS if name != serving)
+        events = [e["event"] for e in farm.processes[other].log_events()]
+        assert "login resumed with a ticket" in events

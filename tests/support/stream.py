@@ -72,23 +72,24 @@ class StreamFarm:
 
 
 @contextmanager
-def stream_farm(tmp_path: Path, size: int = 64 << 20, **keys: str) -> Iterator[StreamFarm]:
+def stream_farm(
+    tmp_path: Path, size: int = 64 << 20, database: str | None = None, **keys: str
+) -> Iterator[StreamFarm]:
     """Two servers (pvs1, pvs2) on 127.0.0.11/.12 sharing one SQLite farm, store and cache folder,
     serving the vDisk `disk` (random data, standard mode, cache on the server) to device `t0`."""
     (tmp_path / "store").mkdir(parents=True, exist_ok=True)
-    env = pvsd_env(
-        f"sqlite:///{tmp_path}/farm.db",
-        farm__heartbeat_interval=str(HEARTBEAT),
-        farm__dead_after=str(DEAD_AFTER),
-        server__store=str(tmp_path / "store"),
-        stream__cache_dir=str(tmp_path / "cache"),
-        stream__workers="2",
-        tftp__enabled="false",
-        login__enabled="true",
-        stream__enabled="true",
-        target__failover_after="3",
-        **keys,
-    )
+    settings = {
+        "farm__heartbeat_interval": str(HEARTBEAT),
+        "farm__dead_after": str(DEAD_AFTER),
+        "server__store": str(tmp_path / "store"),
+        "stream__cache_dir": str(tmp_path / "cache"),
+        "stream__workers": "2",
+        "tftp__enabled": "false",
+        "login__enabled": "true",
+        "stream__enabled": "true",
+        "target__failover_after": "3",
+    }
+    env = pvsd_env(database or f"sqlite:///{tmp_path}/farm.db", **{**settings, **keys})
     image = tmp_path / "disk.raw"
     sha = random_image(image, size)
     farm = StreamFarm(env, tmp_path, image, sha, size)

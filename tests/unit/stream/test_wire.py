@@ -36,6 +36,7 @@ ADDRESS = ipaddress.IPv4Address("10.77.0.11")
 MESSAGES: list[Message] = [
     Login("52:54:00:12:34:56", 1464, b""),
     Login("52:54:00:12:34:56", 65000, b"ticket-bytes"),
+    Login("52:54:00:12:34:56", 1448, b"", 494),
     LoginReply(
         ADDRESS,
         6911,
