@@ -53,6 +53,9 @@ def register(commands: Any, common: argparse.ArgumentParser) -> None:
     copy.add_argument(
         "--out", type=Path, required=True, metavar="FILE", help="where to write the disk (- for none)"
     )
+    copy.add_argument(
+        "--rate", type=parse_size, metavar="BYTES", help="read at most this many bytes a second (e.g. 20M)"
+    )
     test = command("write-test", _write_test, "write a pattern, flush, read it back and compare")
     test.add_argument("--offset", type=parse_size, default=0, metavar="BYTES", help="where to write (0)")
     test.add_argument("--size", type=parse_size, default=1 << 20, metavar="BYTES", help="how much (1M)")
@@ -73,8 +76,9 @@ def _client(args: argparse.Namespace, config: Config) -> StreamClient:
     return StreamClient(mac, _servers(args), config.target, get_logger("target"))
 
 
-async def copy_disk(client: StreamClient, out: Path | None) -> dict[str, Any]:
-    """Read the whole disk in order (chunks in flight at once); returns what the copy measured."""
+async def copy_disk(client: StreamClient, out: Path | None, rate: int | None = None) -> dict[str, Any]:
+    """Read the whole disk in order (chunks in flight at once), at most `rate` bytes a second if
+    given; returns what the copy measured."""
     reply = await client.connect()
     size = reply.disk_size
     digest = hashlib.sha256()
@@ -85,7 +89,14 @@ async def copy_disk(client: StreamClient, out: Path | None) -> dict[str, Any]:
         offset = 0
         while offset < size or pending:
             while offset < size and len(pending) < CHUNKS_IN_FLIGHT:
-                length = min(CHUNK, size - offset)
+                piece = CHUNK
+                if rate is not None:
+                    ahead = offset / rate - (time.monotonic() - started)
+                    if ahead > 0 and pending:
+                        break  # collect what is in flight first
+                    await asyncio.sleep(max(0.0, ahead))
+                    piece = max(1 << 20, min(CHUNK, rate // 8 // 512 * 512))
+                length = min(piece, size - offset)
                 pending.append(asyncio.create_task(client.read(offset, length)))
                 offset += length
             chunk = await pending.pop(0)
@@ -116,7 +127,7 @@ async def copy_disk(client: StreamClient, out: Path | None) -> dict[str, Any]:
 
 def _copy(args: argparse.Namespace, config: Config) -> int:
     out = None if str(args.out) == "-" else args.out
-    result = asyncio.run(copy_disk(_client(args, config), out))
+    result = asyncio.run(copy_disk(_client(args, config), out, args.rate))
     if args.json:
         print(json.dumps(result))
         return 0

@@ -152,6 +152,8 @@ def test_sigkill_of_the_serving_server_mid_copy(tmp_path: Path) -> None:
                 "--out",
                 str(out),
                 "--json",
+                "--rate",
+                "16M",  # slow enough that the kill lands mid-copy
             ],
             env={**farm.env, "PVSD_TARGET__MTU": "1506"},
             stdout=subprocess.PIPE,
@@ -384,6 +386,8 @@ def test_a_ticket_login_needs_no_database(tmp_path: Path, pg_cluster: Any) -> No
                 "--out",
                 str(out),
                 "--json",
+                "--rate",
+                "16M",  # slow enough that the kill lands mid-copy
             ],
             env=farm.env,
             stdout=subprocess.PIPE,
