@@ -54,6 +54,8 @@ class StreamFarm:
     def start(self, name: str) -> ServeProcess:
         process = self.stack.enter_context(serve(self.env, name, SERVERS[name], self.folder, self.netns))
         self.processes[name] = process
+        # "serving" is logged once every port is bound: logins sent before would be lost.
+        wait_for(lambda: any(e["event"] == "serving" for e in process.log_events()), timeout=30, interval=0.05)
         return process
 
     def wait_verified(self, vdisk: str, servers: tuple[str, ...] = tuple(SERVERS)) -> None:
