@@ -9,7 +9,7 @@ PVSD   := $(BIN)/pvsd
 # Debian packages the tests drive for real (PostgreSQL is started by the tests themselves).
 DEBIAN_PACKAGES := postgresql atftp tftp-hpa tftpd-hpa dnsmasq-base curl kea-admin qemu-system-x86 ipxe-qemu ipxe ovmf radvd iproute2
 
-.PHONY: test demo lint typecheck pytest debian-deps clean bench-tftp bench-dhcp
+.PHONY: test demo lint typecheck pytest debian-deps clean bench-tftp bench-dhcp bench-stream
 
 $(BIN)/python:
 	@scripts/install-debian-deps python-venv
@@ -44,6 +44,13 @@ bench-tftp: $(VENV)/.installed debian-deps
 
 bench-dhcp: $(VENV)/.installed debian-deps
 	$(BIN)/python bench/dhcp.py
+
+# The vDisk streaming benchmark's peer (qemu-nbd) and its clients (nbdcopy, fio's nbd engine).
+BENCH_STREAM_PACKAGES := fio libnbd-bin qemu-utils
+
+bench-stream: $(VENV)/.installed debian-deps
+	@scripts/install-debian-deps $(BENCH_STREAM_PACKAGES)
+	$(BIN)/python bench/stream.py
 
 clean:
 	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache .hypothesis

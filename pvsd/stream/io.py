@@ -417,7 +417,10 @@ class IoServer:
         self, code: ErrorCode, reason: str, request_id: int, session: int, peer: Address, size: int
     ) -> None:
         self.stats.refused += 1
-        self.log.info("request refused", peer=f"{peer[0]}:{peer[1]}", code=code.name, reason=reason)
+        # An unknown session is routine (a target whose server restarted, or stray datagrams):
+        # debug, so a flood cannot fill the log; the target logs in again and says so itself.
+        level = self.log.debug if code is ErrorCode.UNKNOWN_SESSION else self.log.info
+        level("request refused", peer=f"{peer[0]}:{peer[1]}", code=code.name, reason=reason)
         self._send(fit_error(code, reason, request_id, session, size), peer)
 
     def _refuse_session(
