@@ -483,11 +483,18 @@ def setup_pvsd_farm(work: Path, image: Image, targets: int) -> dict[str, str]:
     return env
 
 
+def services_off() -> dict[str, str]:
+    """Every pvsd service off but login and stream."""
+    try:
+        off = pvsd_other_services_off("stream")
+    except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as error:
+        raise BenchError(f"`pvsd config defaults` failed: {error}") from None
+    return {k: v for k, v in off.items() if k != "PVSD_LOGIN__ENABLED"}
+
+
 def pvsd_server(work: Path, farm_env: dict[str, str], setting: PvsdSetting) -> Server:
-    off = {k: v for k, v in pvsd_other_services_off("stream").items() if k != "PVSD_LOGIN__ENABLED"}
     env = {
         **farm_env,
-        **off,
         "PVSD_LOGIN__PORT": str(LOGIN_PORT),
         "PVSD_STREAM__PORTS": STREAM_PORTS,
         "PVSD_STREAM__WORKERS": str(setting.workers),
@@ -1011,6 +1018,7 @@ def run(settings: Settings) -> Outcome:
     )
     rows = plan(settings)
     n = settings.targets
+    services_off()  # fail now, not after the qemu-nbd half, if pvsd cannot even start
     pvsd: dict[str, Cell] = {}
     peers: dict[str, dict[str, Cell]] = {}
     with tempfile.TemporaryDirectory(prefix="pvsd-bench-stream-") as tmp, Running() as running:
@@ -1033,7 +1041,7 @@ def run(settings: Settings) -> Outcome:
         running.stop(nbd)
 
         progress(f"pvsd: importing the image and adding {n} devices")
-        farm_env = setup_pvsd_farm(work, image, n)
+        farm_env = {**setup_pvsd_farm(work, image, n), **services_off()}
         for setting in PVSD_SETTINGS:
             server = pvsd_server(work, farm_env, setting)
             running.start(server, work)
@@ -1080,6 +1088,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args[:1] == ["--_iops-worker"]:
         return iops_worker(args[1:])
     settings = parse_args(args)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even when started with SIGINT ignored
     signal.signal(signal.SIGTERM, raise_interrupt)
     signal.signal(signal.SIGHUP, raise_interrupt)
     try:
