@@ -364,6 +364,13 @@ class TargetConfig:
         3, "timeouts in a row before a target logs in again to the next server", _positive_int
     )
     keepalive_interval: float = _key(10.0, "seconds between keepalives of an idle target", _positive)
+    cache_ram_mb: int = _key(
+        256, "the agent's write cache (standard mode, cache on the device): MiB kept in RAM", _workers
+    )
+    cache_max_mb: int = _key(
+        1024, "the write cache in all, RAM plus the overflow file; past it writes fail with ENOSPC", _workers
+    )
+    cache_dir: str = _key("var/target", "where the agent keeps its cache overflow file and status file")
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,9 @@
 
     namespace PFX-br:   bridge br0, one tap per QEMU target, radvd (IPv6 RAs), QEMU itself
     namespace PFX-dhcp: eth0 10.77.0.2 on the bridge, dnsmasq: the site's DHCP (addresses only)
-    namespace PFX-sN:   eth0 10.77.0.1N on the bridge, `pvsd serve --name pvsN` (proxy DHCP, TFTP)
+    namespace PFX-sN:   eth0 10.77.0.1N on the bridge, `pvsd serve --name pvsN` (proxy DHCP, TFTP,
+                        logins and streaming from the shared store STATE/store)
+    namespace PFX-tXXXXXX: a target agent's namespace (`add_target`), eth0 10.77.0.50-89
 
 PFX is "pvl" plus a short hash of the state folder, so labs in different folders never
 share a namespace, and `down` finds a lab's namespaces from its folder alone, even when
@@ -34,7 +36,7 @@ from pvsd.lab import network
 from pvsd.lab.qemu import BootResult, Firmware, qemu_command, run_until
 from pvsd.net.mac import parse_mac
 
-__all__ = ["DEFAULT_STATE", "DEFAULT_UNTIL", "Lab", "LabServer"]
+__all__ = ["DEFAULT_STATE", "DEFAULT_UNTIL", "Lab", "LabServer", "LabTarget"]
 
 DEFAULT_STATE = Path("var/lab")
 DEFAULT_UNTIL = r"pvsd device:"
@@ -43,6 +45,7 @@ BRIDGE = "br0"
 DHCP_ADDRESS = 2  # host part of the site DHCP server's address
 SERVER_BASE = 10  # pvsN gets host part SERVER_BASE + N
 POOL = (100, 199)  # host parts of the site DHCP server's pool
+TARGET_BASE, TARGET_COUNT = 50, 40  # host parts of target agents' namespaces: 50-89
 MAX_SERVERS = 9
 READY_TIMEOUT_S = 20.0
 STOP_TIMEOUT_S = 5.0
@@ -59,6 +62,14 @@ def _quiet(message: str) -> None:
 @dataclass(frozen=True)
 class LabServer:
     name: str
+    address: str
+    namespace: str
+    interface: str = "eth0"
+
+
+@dataclass(frozen=True)
+class LabTarget:
+    mac: str
     address: str
     namespace: str
     interface: str = "eth0"
@@ -227,6 +238,30 @@ class Lab:
             pid_file.unlink(missing_ok=True)
             network.delete_link(self.bridge_ns, tap)
 
+    def add_target(self, mac: str) -> LabTarget:
+        """A namespace for a target agent, on the bridge with a fixed address (as if the site's
+        DHCP had given it one): the agent does the PXE part of the chain itself."""
+        _require_root()
+        if not network.namespace_exists(self.bridge_ns):
+            raise Failure(f"the lab at {self.state} is not up: run `pvsd lab up` first")
+        mac = parse_mac(mac)
+        suffix = mac.replace(":", "")[-6:]
+        host = TARGET_BASE + int(suffix, 16) % TARGET_COUNT
+        target = LabTarget(mac, _host(host), f"{self.prefix}-t{suffix}")
+        if network.namespace_exists(target.namespace):
+            self.remove_target(target)
+        network.new_namespace(target.namespace)
+        network.add_veth(target.namespace, target.interface, self.bridge_ns, f"t{suffix}", BRIDGE)
+        network.add_address(target.namespace, target.interface, f"{target.address}/{SUBNET.prefixlen}")
+        network.run(["ip", "netns", "exec", target.namespace, "ip", "link", "set", "lo", "up"])
+        self.say(f"target namespace {target.namespace}: {target.interface} {target.address}")
+        return target
+
+    def remove_target(self, target: LabTarget) -> None:
+        network.kill_namespace_processes(target.namespace)
+        network.delete_namespace(target.namespace)
+        network.delete_link(self.bridge_ns, f"t{target.mac.replace(':', '')[-6:]}")
+
     def server_log(self, name: str) -> str:
         path = self.state / "logs" / f"{name}.log"
         return path.read_text(errors="replace") if path.exists() else ""
@@ -289,7 +324,8 @@ class Lab:
         )
 
     def _start_server(self, server: LabServer) -> None:
-        store = self.state / server.name / "store"
+        # One store and one write-cache folder for all: servers on one host may share them.
+        store = self.state / "store"
         store.mkdir(parents=True, exist_ok=True)
         env = {
             "PVSD_FARM__DATABASE": self.database,
@@ -302,8 +338,8 @@ class Lab:
             # QEMU under TCG needs the CPUs: one TFTP process, and no spinning for ACKs.
             "PVSD_TFTP__WORKERS": "1",
             "PVSD_TFTP__BUSY_POLL_US": "0",
-            "PVSD_LOGIN__ENABLED": "false",
-            "PVSD_STREAM__ENABLED": "false",
+            "PVSD_STREAM__WORKERS": "1",
+            "PVSD_STREAM__CACHE_DIR": str(self.state / "cache"),
             **self.extra_env,
         }
         argv = [*_pvsd_argv(), "--log-format", "json", "serve", "--name", server.name]

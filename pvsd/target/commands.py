@@ -15,9 +15,12 @@ from typing import Any
 
 from pvsd.config import Config
 from pvsd.errors import BadInput, Failure
+from pvsd.farm.bootstrap import BOOTSTRAP_NAME
 from pvsd.log import get_logger
 from pvsd.net.mac import parse_mac
 from pvsd.stream.client import StreamClient
+from pvsd.target.agent import run_agent
+from pvsd.target.discovery import discover_proxy
 from pvsd.target.servers import Address, fetch_bootstrap, parse_servers
 from pvsd.units import format_size, parse_size
 
@@ -35,7 +38,7 @@ def register(commands: Any, common: argparse.ArgumentParser) -> None:
 
     where = argparse.ArgumentParser(add_help=False)
     where.add_argument("--mac", required=True, help="the target's MAC address")
-    servers = where.add_mutually_exclusive_group(required=True)
+    servers = where.add_mutually_exclusive_group(required=False)
     servers.add_argument("--servers", metavar="HOST[:PORT],...", help="login servers, in order (port 6910)")
     servers.add_argument(
         "--bootstrap", metavar="URL", help="tftp://HOST/pvs.bootstrap: the farm's live servers"
@@ -56,6 +59,31 @@ def register(commands: Any, common: argparse.ArgumentParser) -> None:
     copy.add_argument(
         "--rate", type=parse_size, metavar="BYTES", help="read at most this many bytes a second (e.g. 20M)"
     )
+    boot = command("boot", _boot, "run the target agent: log in and export the vDisk over NBD for QEMU")
+    boot.add_argument(
+        "--dhcp",
+        metavar="IFACE",
+        help="find the farm as a PXE ROM does: DHCPDISCOVER on IFACE, the proxy offer, pvs.bootstrap by TFTP",
+    )
+    export = boot.add_mutually_exclusive_group()
+    export.add_argument(
+        "--nbd", metavar="ADDR:PORT", default="127.0.0.1:10809", help="NBD listen address (127.0.0.1:10809)"
+    )
+    export.add_argument("--nbd-unix", type=Path, metavar="PATH", help="listen on a unix socket instead")
+    boot.add_argument("--export", default="vdisk", help="the NBD export name (vdisk)")
+    boot.add_argument("--status", type=Path, metavar="FILE", help="status file (default [target] cache_dir)")
+    status = group.add_parser(
+        "status",
+        parents=[common],
+        help="show a running agent's status",
+        description="show a running agent's status",
+    )
+    status.set_defaults(handler=_status)
+    status.add_argument("--mac", required=True)
+    status.add_argument(
+        "--status", type=Path, metavar="FILE", help="status file (default [target] cache_dir)"
+    )
+    status.add_argument("--json", action="store_true", help="print the status as JSON")
     test = command("write-test", _write_test, "write a pattern, flush, read it back and compare")
     test.add_argument("--offset", type=parse_size, default=0, metavar="BYTES", help="where to write (0)")
     test.add_argument("--size", type=parse_size, default=1 << 20, metavar="BYTES", help="how much (1M)")
@@ -63,9 +91,73 @@ def register(commands: Any, common: argparse.ArgumentParser) -> None:
 
 
 def _servers(args: argparse.Namespace) -> list[Address]:
+    if sum(bool(getattr(args, name, None)) for name in ("servers", "bootstrap", "dhcp")) != 1:
+        choices = "--servers or --bootstrap" + (" or --dhcp" if hasattr(args, "dhcp") else "")
+        raise BadInput(f"give one of {choices}")
     if args.servers:
         return parse_servers(args.servers)
-    return fetch_bootstrap(args.bootstrap)
+    if args.bootstrap:
+        return fetch_bootstrap(args.bootstrap)
+    offer = discover_proxy(parse_mac(args.mac), args.dhcp)
+    get_logger("target").info("proxy offer", server=str(offer.server), boot_file=offer.boot_file)
+    return fetch_bootstrap(f"tftp://{offer.server}/{BOOTSTRAP_NAME}")
+
+
+def _status_path(args: argparse.Namespace, config: Config) -> Path:
+    if args.status is not None:
+        path: Path = args.status
+        return path
+    return Path(config.target.cache_dir) / f"{parse_mac(args.mac).replace(':', '-')}.status.json"
+
+
+def _boot(args: argparse.Namespace, config: Config) -> int:
+    host, _, port = args.nbd.rpartition(":")
+    if not host or not port.isdigit():
+        raise BadInput(f"--nbd {args.nbd!r}: use ADDR:PORT, e.g. 127.0.0.1:10809")
+    client = _client(args, config)
+    status_path = _status_path(args, config)
+    status_path.parent.mkdir(parents=True, exist_ok=True)
+    status = asyncio.run(
+        run_agent(
+            client,
+            config.target,
+            nbd_address=(host, int(port)),
+            nbd_unix=args.nbd_unix,
+            export=args.export,
+            status_path=status_path,
+            log=get_logger("agent"),
+        )
+    )
+    print(
+        f"agent stopped: read {format_size(status.bytes_read)}, wrote {format_size(status.bytes_written)}, "
+        f"{len(status.failovers)} failovers"
+    )
+    return 0
+
+
+def _status(args: argparse.Namespace, config: Config) -> int:
+    path = _status_path(args, config)
+    try:
+        status = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise Failure(f"no agent status at {path}: is `pvsd target boot --mac {args.mac}` running?") from None
+    if args.json:
+        print(json.dumps(status, indent=2))
+        return 0
+    age = time.time() - status["updated"]
+    cache = status.get("cache") or {}
+    print(f"target {status['mac']} (pid {status['pid']}), {status['mode']}, status {age:.0f} s old")
+    print(f"  server    {status['server']} (session {status['session']}), NBD {status['nbd']}")
+    print(
+        f"  traffic   read {format_size(status['bytes_read'])} ({status['read_mb_per_s']} MB/s), "
+        f"wrote {format_size(status['bytes_written'])}, {status['retransmits']} retransmits"
+    )
+    if cache:
+        used, limit = cache.get("used_bytes", 0), cache.get("max_bytes_limit", 0)
+        print(f"  cache     {format_size(used)} used of {format_size(limit)}")
+    for failover in status["failovers"]:
+        print(f"  failover  {failover['from']} -> {failover['to']}, stalled {failover['stall_s']:.2f} s")
+    return 0
 
 
 def _client(args: argparse.Namespace, config: Config) -> StreamClient:

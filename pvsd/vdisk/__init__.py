@@ -1,5 +1,7 @@
-"""vDisks on a server: image files in the store folder, and the server-side write cache (overlay)."""
+"""vDisks: image files in a server's store, the server-side write cache (overlay), and the
+target's write cache (RAM with overflow to a local file)."""
 
+from pvsd.vdisk.cache import CacheFull, CacheStats, WriteCache
 from pvsd.vdisk.image import (
     DEFAULT_CHUNK,
     ImageCheck,
@@ -18,10 +20,13 @@ from pvsd.vdisk.overlay import MAP_MAGIC, Overlay, overlay_paths
 __all__ = [
     "DEFAULT_CHUNK",
     "MAP_MAGIC",
+    "CacheFull",
+    "CacheStats",
     "ImageCheck",
     "ImportResult",
     "Overlay",
     "Sidecar",
+    "WriteCache",
     "image_path",
     "import_image",
     "overlay_paths",

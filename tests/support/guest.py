@@ -472,6 +472,7 @@ def boot_guest(
     initrd: Path | None = None,
     append: str = "",
     memory_mib: int = 512,
+    namespace: str | None = None,
 ) -> GuestRun:
     """Boot Debian's kernel with our initramfs on a virtio disk and read what the guest says.
 
@@ -479,9 +480,11 @@ def boot_guest(
     `file=nbd://127.0.0.1:PORT/EXPORT` (add `,cache=none` and the like there);
     `,format=raw,if=virtio` is appended; there is no NIC (`-net none`), so no option ROM to
     wait for. `extra` goes to QEMU as is. Without `initrd` one is
-    built once per process. QEMU is killed at the end whatever happened.
+    built once per process. With `namespace`, QEMU runs inside that network namespace. QEMU
+    is killed at the end whatever happened.
     """
     args = [
+        *(["ip", "netns", "exec", namespace] if namespace else []),
         QEMU,
         "-nographic",
         "-no-reboot",

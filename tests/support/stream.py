@@ -55,7 +55,9 @@ class StreamFarm:
         process = self.stack.enter_context(serve(self.env, name, SERVERS[name], self.folder, self.netns))
         self.processes[name] = process
         # "serving" is logged once every port is bound: logins sent before would be lost.
-        wait_for(lambda: any(e["event"] == "serving" for e in process.log_events()), timeout=30, interval=0.05)
+        wait_for(
+            lambda: any(e["event"] == "serving" for e in process.log_events()), timeout=30, interval=0.05
+        )
         return process
 
     def wait_verified(self, vdisk: str, servers: tuple[str, ...] = tuple(SERVERS)) -> None:
@@ -75,10 +77,16 @@ class StreamFarm:
 
 @contextmanager
 def stream_farm(
-    tmp_path: Path, size: int = 64 << 20, database: str | None = None, **keys: str
+    tmp_path: Path,
+    size: int = 64 << 20,
+    database: str | None = None,
+    image: Path | None = None,
+    cache: str = "server",
+    **keys: str,
 ) -> Iterator[StreamFarm]:
     """Two servers (pvs1, pvs2) on 127.0.0.11/.12 sharing one SQLite farm, store and cache folder,
-    serving the vDisk `disk` (random data, standard mode, cache on the server) to device `t0`."""
+    serving the vDisk `disk` (random data of `size`, or `image`; standard mode, cache on the
+    server unless `cache` says otherwise) to device `t0`."""
     (tmp_path / "store").mkdir(parents=True, exist_ok=True)
     settings = {
         "farm__heartbeat_interval": str(HEARTBEAT),
@@ -92,11 +100,15 @@ def stream_farm(
         "target__failover_after": "3",
     }
     env = pvsd_env(database or f"sqlite:///{tmp_path}/farm.db", **{**settings, **keys})
-    image = tmp_path / "disk.raw"
-    sha = random_image(image, size)
+    if image is None:
+        image = tmp_path / "disk.raw"
+        sha = random_image(image, size)
+    else:
+        sha = hashlib.sha256(image.read_bytes()).hexdigest()
+        size = image.stat().st_size
     farm = StreamFarm(env, tmp_path, image, sha, size)
     farm.run("farm", "init")
-    farm.run("vdisk", "import", "disk", str(image), "--cache", "server", "--quiet")
+    farm.run("vdisk", "import", "disk", str(image), "--cache", cache, "--quiet")
     farm.run("device", "add", "52:54:00:00:00:00", "--name", "t0", "--vdisk", "disk")
     with farm.stack:
         yield farm
