@@ -24,8 +24,8 @@ debian-deps:
 	@scripts/install-debian-deps $(DEBIAN_PACKAGES)
 
 lint: $(VENV)/.installed
-	$(BIN)/ruff check pvsd tests bench
-	$(BIN)/ruff format --check pvsd tests bench
+	$(BIN)/ruff check pvsd tests bench scripts
+	$(BIN)/ruff format --check pvsd tests bench scripts
 
 typecheck: $(VENV)/.installed
 	$(BIN)/mypy

@@ -30,6 +30,15 @@ head -c 33554432 /dev/urandom >var/demo-disk.raw
 "${pvsd[@]}" vdisk import demo-disk var/demo-disk.raw --cache server
 "${pvsd[@]}" device add 52:54:00:12:34:56 --name target1 --vdisk demo-disk
 
+guest=0
+if [ "$(id -u)" -eq 0 ] && command -v qemu-system-x86_64 >/dev/null && ls /boot/vmlinuz-* >/dev/null 2>&1; then
+    step "a Linux guest's root file system as a vDisk (standard mode, write cache on the device)"
+    .venv/bin/python scripts/demo_guest.py build var/demo-linux.img
+    "${pvsd[@]}" vdisk import demo-linux var/demo-linux.img --cache device
+    "${pvsd[@]}" device add 52:54:00:12:34:57 --name vm1 --vdisk demo-linux
+    guest=1
+fi
+
 step "pvsd serve: pvs1 on 127.0.0.11 and pvs2 on 127.0.0.12 (logs in $logs/)"
 for n in 1 2; do
     # Proxy DHCP listens on the server's loopback address only: the demo answers nothing on
@@ -76,6 +85,24 @@ wait "${pids[0]}" || true
 
 step "pvsd target copy again, with pvs1 gone: the login goes to pvs2"
 "${pvsd[@]}" --log-level warning target copy --mac 52:54:00:12:34:56 --servers 127.0.0.11,127.0.0.12 --out -
+
+if [ "$guest" = 1 ]; then
+    step "restarting pvs1: it joins the farm again and verifies its replicas"
+    PVSD_DHCP__BIND="127.0.0.11" \
+        "${pvsd[@]}" --log-format json serve --name pvs1 --address 127.0.0.11 >>"$logs/pvs1.log" 2>&1 &
+    pids[0]=$!
+    for _ in $(seq 100); do
+        verified=$("${pvsd[@]}" vdisk replicas demo-linux --json | grep -c '"state": "verified"' || true)
+        alive=$("${pvsd[@]}" server list --json | grep -c '"state": "alive"' || true)
+        [ "$verified" -ge 2 ] && [ "$alive" -ge 2 ] && break
+        sleep 0.2
+    done
+    "${pvsd[@]}" server list
+
+    step "a Linux VM boots from the streamed vDisk (QEMU -> NBD -> pvsd target boot -> pvs1/pvs2); its server is killed halfway"
+    .venv/bin/python scripts/demo_guest.py boot var/demo-linux.img --servers 127.0.0.11,127.0.0.12 \
+        --pid "pvs1=${pids[0]}" --pid "pvs2=${pids[1]}"
+fi
 
 step "the audit log"
 "${pvsd[@]}" farm audit --limit 20

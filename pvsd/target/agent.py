@@ -33,7 +33,7 @@ from pvsd.vdisk.cache import CacheFull, WriteCache
 
 __all__ = ["AgentStatus", "StreamedDisk", "run_agent"]
 
-STATUS_INTERVAL_S = 2.0
+STATUS_INTERVAL_S = 0.5
 LOG_STATUS_EVERY_S = 10.0
 
 
