@@ -9,7 +9,7 @@ PVSD   := $(BIN)/pvsd
 # Debian packages the tests drive for real (PostgreSQL is started by the tests themselves).
 DEBIAN_PACKAGES := postgresql atftp tftp-hpa tftpd-hpa dnsmasq-base curl kea-admin qemu-system-x86 ipxe-qemu ipxe ovmf radvd iproute2 linux-image-amd64 busybox-static nasm e2fsprogs libnbd-bin qemu-utils
 
-.PHONY: test demo lint typecheck pytest debian-deps clean bench-tftp bench-dhcp bench-stream
+.PHONY: test demo lint typecheck pytest debian-deps clean bench-tftp bench-dhcp bench-stream bench-target
 
 $(BIN)/python:
 	@scripts/install-debian-deps python-venv
@@ -51,6 +51,12 @@ BENCH_STREAM_PACKAGES := fio libnbd-bin qemu-utils
 bench-stream: $(VENV)/.installed debian-deps
 	@scripts/install-debian-deps $(BENCH_STREAM_PACKAGES)
 	$(BIN)/python bench/stream.py
+
+# The target agent benchmark: the agent and qemu-nbd read and written by fio's nbd engine,
+# and the stall when the serving server is killed.
+bench-target: $(VENV)/.installed debian-deps
+	@scripts/install-debian-deps $(BENCH_STREAM_PACKAGES)
+	$(BIN)/python bench/target.py
 
 clean:
 	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -21,8 +21,9 @@ from typing import Any
 import structlog
 
 from pvsd.errors import Failure
-from pvsd.log import configure_logging, get_logger, logging_settings
+from pvsd.log import logging_settings
 from pvsd.privileges import drop_privileges
+from pvsd.processes import run_worker
 from pvsd.stream.io import IoServer, IoSettings, IoStats
 
 __all__ = ["StreamWorkers", "stream_worker_count"]
@@ -135,18 +136,9 @@ def worker_main(
     settings: IoSettings, host: str, port: int, user: str, level: str, fmt: str, connection: Connection
 ) -> None:
     """The entry point of a worker process."""
-    # Ctrl-C on a terminal reaches the whole process group: the main process decides when we stop.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    configure_logging(level, fmt)
-    log = get_logger("stream").bind(port=port)
-    try:
-        import uvloop
-
-        runner = asyncio.Runner(loop_factory=uvloop.new_event_loop)
-    except ImportError:
-        runner = asyncio.Runner()
-    with runner:
-        runner.run(_serve(settings, host, port, user, log, connection))
+    run_worker(
+        "stream", level, fmt, lambda log: _serve(settings, host, port, user, log, connection), port=port
+    )
 
 
 async def _serve(

@@ -25,8 +25,9 @@ import structlog
 
 from pvsd.config import TftpConfig
 from pvsd.errors import Failure
-from pvsd.log import configure_logging, get_logger, logging_settings
+from pvsd.log import logging_settings
 from pvsd.privileges import drop_privileges
+from pvsd.processes import run_worker
 from pvsd.tftp.server import TftpServer, TftpStats
 
 __all__ = ["TftpWorkers", "share_of", "worker_count"]
@@ -131,18 +132,7 @@ def worker_main(
     config: TftpConfig, user: str, level: str, fmt: str, index: int, connection: Connection
 ) -> None:
     """The entry point of a worker process."""
-    # Ctrl-C on a terminal reaches the whole process group: the main process decides when we stop.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    configure_logging(level, fmt)
-    log = get_logger("tftp").bind(worker=index)
-    try:
-        import uvloop
-
-        runner = asyncio.Runner(loop_factory=uvloop.new_event_loop)
-    except ImportError:
-        runner = asyncio.Runner()
-    with runner:
-        runner.run(_serve(config, user, log, connection))
+    run_worker("tftp", level, fmt, lambda log: _serve(config, user, log, connection), worker=index)
 
 
 async def _serve(

@@ -29,6 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
+from pvsd.vdisk.fileio import pread_exact, pwrite_all
+
 __all__ = ["BLOCK_SIZE", "CacheFull", "CacheStats", "WriteCache"]
 
 BLOCK_SIZE = 4096
@@ -308,11 +310,11 @@ class WriteCache:
                 if slot is None:
                     continue
                 if high - low == size:
-                    _pwrite_all(self._fd, piece_data(block, low, high), slot * size)
+                    pwrite_all(self._fd, piece_data(block, low, high), slot * size)
                 else:
                     content = bytearray(size)
                     content[low:high] = piece_data(block, low, high)
-                    _pwrite_all(self._fd, content, slot * size)
+                    pwrite_all(self._fd, content, slot * size)
         except OSError as error:
             if error.errno in _DISK_FULL:
                 raise CacheFull(offset, length, needed, used, len(self._ram) * size, self._limit) from error
@@ -321,7 +323,7 @@ class WriteCache:
             if block in to_file:
                 self._slots[block] = to_file[block]
             elif block in self._slots:
-                _pwrite_all(self._fd, piece_data(block, low, high), self._slots[block] * size + low)
+                pwrite_all(self._fd, piece_data(block, low, high), self._slots[block] * size + low)
             else:
                 if block not in self._ram:
                     self._ram[block] = bytearray(size)
@@ -333,7 +335,7 @@ class WriteCache:
         content = self._ram.get(block)
         if content is not None:
             return content[low:high]
-        return _pread_exact(self._fd, high - low, self._slots[block] * self.block_size + low)
+        return pread_exact(self._fd, high - low, self._slots[block] * self.block_size + low, "overflow file")
 
     def _any_cached(self, offset: int, length: int) -> bool:
         return any(
@@ -395,27 +397,3 @@ def _uncovered(runs: list[tuple[int, int]], spans: list[tuple[int, int]]) -> lis
         if position < end:
             gaps.append((position, end - position))
     return gaps
-
-
-def _pread_exact(fd: int, length: int, offset: int) -> bytes:
-    data = os.pread(fd, length, offset)
-    if len(data) == length:
-        return data
-    parts = [data]
-    done = len(data)
-    while done < length:
-        more = os.pread(fd, length - done, offset + done)
-        if not more:
-            # Every slot was written whole when it was given out: only truncation by someone else.
-            raise OSError(f"overflow file ended at {offset + done}, wanted {length} bytes at {offset}")
-        parts.append(more)
-        done += len(more)
-    return b"".join(parts)
-
-
-def _pwrite_all(fd: int, data: Data, offset: int) -> None:
-    view = memoryview(data)
-    while view:
-        written = os.pwrite(fd, view, offset)
-        view = view[written:]
-        offset += written

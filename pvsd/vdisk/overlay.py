@@ -25,6 +25,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import TracebackType
 
+from pvsd.vdisk.fileio import pread_exact, pwrite_all
+
 __all__ = ["MAP_MAGIC", "Overlay", "overlay_paths"]
 
 MAP_MAGIC = b"PVSDMAP1"
@@ -106,9 +108,9 @@ class Overlay:
             return None
         if os.fstat(self._map_fd).st_size != _HEADER.size + len(self._bitmap):
             return None
-        if _pread_exact(self._map_fd, _HEADER.size, 0) != expected:
+        if pread_exact(self._map_fd, _HEADER.size, 0, "overlay map") != expected:
             return None
-        bitmap = bytearray(_pread_exact(self._map_fd, len(self._bitmap), _HEADER.size))
+        bitmap = bytearray(pread_exact(self._map_fd, len(self._bitmap), _HEADER.size, "overlay map"))
         spare = len(bitmap) * 8 - self._sectors
         if spare:
             # Bits past the last sector mean nothing; clearing them keeps written_sectors exact.
@@ -127,7 +129,7 @@ class Overlay:
         os.fsync(self._data_fd)
         os.fsync(self._map_fd)
         header = _HEADER.pack(MAP_MAGIC, self.session, self.disk_size, self.sector_size)
-        _pwrite_all(self._map_fd, header, 0)
+        pwrite_all(self._map_fd, header, 0)
         os.fsync(self._map_fd)
         self._bitmap[:] = bytes(len(self._bitmap))
 
@@ -144,12 +146,12 @@ class Overlay:
             return
         # Data before map: a crash in between leaves the old content visible for a write that
         # was never acknowledged, never a map bit pointing at sectors that were not written.
-        _pwrite_all(self._data_fd, data, offset)
+        pwrite_all(self._data_fd, data, offset)
         low, high = first // 8, (first + count - 1) // 8 + 1
         before = bytes(self._bitmap[low:high])
         _set_bits(self._bitmap, first, count)
         if self._bitmap[low:high] != before:
-            _pwrite_all(self._map_fd, self._bitmap[low:high], _HEADER.size + low)
+            pwrite_all(self._map_fd, self._bitmap[low:high], _HEADER.size + low)
 
     def read(self, offset: int, length: int, base: Callable[[int, int], bytes]) -> bytes:
         """The disk's content at `offset`: overlay sectors from the data file, the rest from `base`.
@@ -169,7 +171,7 @@ class Overlay:
         for in_overlay, run in _runs(bits, count):
             size = run * self.sector_size
             if in_overlay:
-                parts.append(_pread_exact(self._data_fd, size, position))
+                parts.append(pread_exact(self._data_fd, size, position, "overlay file"))
             else:
                 parts.append(_base_read(base, position, size))
             position += size
@@ -271,27 +273,3 @@ def _base_read(base: Callable[[int, int], bytes], offset: int, length: int) -> b
         # A short base read would shift every later byte of the answer: corrupt, not merely short.
         raise ValueError(f"base image returned {len(data)} bytes at {offset}, expected {length}")
     return data
-
-
-def _pread_exact(fd: int, length: int, offset: int) -> bytes:
-    data = os.pread(fd, length, offset)
-    if len(data) == length:
-        return data
-    parts = [data]
-    done = len(data)
-    while done < length:
-        more = os.pread(fd, length - done, offset + done)
-        if not more:
-            # Only if someone truncated the file under us: the overlay cannot answer this read.
-            raise OSError(f"overlay file ended at {offset + done}, wanted {length} bytes at {offset}")
-        parts.append(more)
-        done += len(more)
-    return b"".join(parts)
-
-
-def _pwrite_all(fd: int, data: bytes | bytearray | memoryview, offset: int) -> None:
-    view = memoryview(data)
-    while view:
-        written = os.pwrite(fd, view, offset)
-        view = view[written:]
-        offset += written

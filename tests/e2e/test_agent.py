@@ -30,7 +30,7 @@ from support.guest import (
     require_guest_tools,
 )
 from support.net import free_port
-from support.pvsd import pvsd, pvsd_env, wait_for
+from support.pvsd import in_namespace, pvsd, pvsd_env, wait_for
 from support.stream import StreamFarm, stream_farm
 
 from pvsd.lab.lab import Lab
@@ -41,11 +41,16 @@ pytestmark = pytest.mark.timeout(300)
 
 
 @contextmanager
-def agent(farm: StreamFarm, folder: Path, port: int) -> Iterator[tuple[subprocess.Popen[str], Path]]:
+def agent(
+    env: dict[str, str], folder: Path, *how: str, namespace: str | None = None
+) -> Iterator[tuple[subprocess.Popen[str], Path]]:
+    """`pvsd target boot --mac MAC HOW...` in the background (in `namespace` if given), until
+    its status file appears; SIGTERM at the end, as an operator stops it."""
     status = folder / "agent.status.json"
     log = (folder / "agent.log").open("w")
     process = subprocess.Popen(
         [
+            *in_namespace(namespace),
             sys.executable,
             "-m",
             "pvsd",
@@ -55,20 +60,17 @@ def agent(farm: StreamFarm, folder: Path, port: int) -> Iterator[tuple[subproces
             "boot",
             "--mac",
             MAC,
-            "--servers",
-            farm.servers_arg(),
-            "--nbd",
-            f"127.0.0.1:{port}",
+            *how,
             "--status",
             str(status),
         ],
-        env=farm.env,
+        env=env,
         stdout=log,
         stderr=subprocess.STDOUT,
         text=True,
     )
     try:
-        wait_for(lambda: status.exists() or process.poll() is not None, timeout=30, interval=0.05)
+        wait_for(lambda: status.exists() or process.poll() is not None, timeout=60, interval=0.05)
         assert process.poll() is None, (folder / "agent.log").read_text()
         yield process, status
     finally:
@@ -80,6 +82,10 @@ def agent(farm: StreamFarm, folder: Path, port: int) -> Iterator[tuple[subproces
                 process.kill()
                 process.wait(5)
         log.close()
+
+
+def streaming_agent(farm: StreamFarm, folder: Path, port: int) -> Any:
+    return agent(farm.env, folder, "--servers", farm.servers_arg(), "--nbd", f"127.0.0.1:{port}")
 
 
 def read_status(path: Path) -> dict[str, Any]:
@@ -99,7 +105,7 @@ def test_a_linux_guest_boots_from_a_streamed_vdisk(tmp_path: Path, rootfs: Any) 
         farm.start("pvs2")
         farm.wait_verified("disk")
         port = free_port()
-        with agent(farm, tmp_path, port) as (process, status):
+        with streaming_agent(farm, tmp_path, port) as (process, status):
             run = boot_guest(f"file=nbd://127.0.0.1:{port}/vdisk", timeout=180)
             assert run.done, run.console[-3000:]
             assert run.payload_sha256 == rootfs.payload_sha256
@@ -125,7 +131,7 @@ def test_the_guest_survives_the_serving_server_being_killed_mid_read(tmp_path: P
         farm.start("pvs2")
         farm.wait_verified("disk")
         port = free_port()
-        with agent(farm, tmp_path, port) as (_, status):
+        with streaming_agent(farm, tmp_path, port) as (_, status):
             result: list[GuestRun] = []
             guest = threading.Thread(
                 target=lambda: result.append(boot_guest(f"file=nbd://127.0.0.1:{port}/vdisk", timeout=180))
@@ -158,7 +164,7 @@ def test_the_bios_reads_its_boot_sector_and_sectors_through_the_stream(tmp_path:
         farm.start("pvs1")
         farm.wait_verified("disk", ("pvs1",))
         port = free_port()
-        with agent(farm, tmp_path, port):
+        with streaming_agent(farm, tmp_path, port):
             run: BiosRun = boot_bios(f"file=nbd://127.0.0.1:{port}/vdisk", timeout=60)
         assert run.done, run.console[-2000:]
         assert run.checksum == disk.expected_checksum
@@ -170,7 +176,6 @@ def test_the_full_chain_in_the_lab(tmp_path: Path, rootfs: Any) -> None:
     if os.geteuid() != 0 or not Path("/dev/net/tun").exists():
         pytest.fail("the lab needs root and /dev/net/tun")
     lab = Lab(tmp_path / "lab", say=print)
-    agent_process: subprocess.Popen[str] | None = None
     try:
         lab.up(servers=2)
         env = pvsd_env(lab.database, server__store=str(lab.state / "store"))
@@ -187,38 +192,9 @@ def test_the_full_chain_in_the_lab(tmp_path: Path, rootfs: Any) -> None:
 
         wait_for(verified, timeout=30)  # the servers scan their store every 10 s
         target = lab.add_target(MAC)
-        status = tmp_path / "agent.status.json"
-        log = (tmp_path / "agent.log").open("w")
-        agent_process = subprocess.Popen(
-            [
-                "ip",
-                "netns",
-                "exec",
-                target.namespace,
-                sys.executable,
-                "-m",
-                "pvsd",
-                "--log-format",
-                "json",
-                "target",
-                "boot",
-                "--mac",
-                MAC,
-                "--dhcp",
-                target.interface,
-                "--nbd",
-                "127.0.0.1:10809",
-                "--status",
-                str(status),
-            ],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        wait_for(lambda: status.exists() or agent_process.poll() is not None, timeout=60, interval=0.1)
-        assert agent_process.poll() is None, (tmp_path / "agent.log").read_text()
-        run = boot_guest("file=nbd://127.0.0.1:10809/vdisk", timeout=180, namespace=target.namespace)
+        how = ("--dhcp", target.interface, "--nbd", "127.0.0.1:10809")
+        with agent(env, tmp_path, *how, namespace=target.namespace):
+            run = boot_guest("file=nbd://127.0.0.1:10809/vdisk", timeout=180, namespace=target.namespace)
         assert run.done, run.console[-3000:]
         assert run.payload_sha256 == rootfs.payload_sha256
         assert run.written_sha256 == rootfs.expected_write_sha256
@@ -232,10 +208,4 @@ def test_the_full_chain_in_the_lab(tmp_path: Path, rootfs: Any) -> None:
         assert offer["server"].startswith("10.77.0.1")
         assert any(e["event"] == "logged in" for e in events)
     finally:
-        if agent_process is not None and agent_process.poll() is None:
-            agent_process.send_signal(signal.SIGTERM)
-            try:
-                agent_process.wait(15)
-            except subprocess.TimeoutExpired:
-                agent_process.kill()
         lab.down(keep_state=True)

@@ -132,54 +132,64 @@ def test_twenty_targets_copy_at_once(tmp_path: Path) -> None:
         assert all(count >= 5 for count in per_server.values()), per_server  # both servers took a share
 
 
+def copy_killing_the_server(
+    farm: StreamFarm, out: Path, before_kill: Any = None
+) -> tuple[dict[str, Any], str, str]:
+    """`pvsd target copy` (paced, so that the kill lands mid-copy) while the serving server is
+    SIGKILLed once the copy is under way; `before_kill()` runs just before the kill. Returns the
+    copy's JSON result, its log and the killed server's name."""
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "pvsd",
+            "--log-format",
+            "json",
+            "target",
+            "copy",
+            "--mac",
+            MAC,
+            "--servers",
+            farm.servers_arg(),
+            "--out",
+            str(out),
+            "--json",
+            "--rate",
+            "16M",
+        ],
+        env={**farm.env, "PVSD_TARGET__MTU": "1506"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_for(
+            lambda: bool(farm.sessions()) and out.exists() and out.stat().st_size > 0,
+            timeout=30,
+            interval=0.05,
+        )
+        serving = str(farm.sessions()[0]["server"])
+        if before_kill is not None:
+            before_kill()
+        farm.processes[serving].signal(signal.SIGKILL)
+        stdout, stderr = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 0, stderr
+    return json.loads(stdout), stderr, serving
+
+
 def test_sigkill_of_the_serving_server_mid_copy(tmp_path: Path) -> None:
     with stream_farm(tmp_path) as farm:
         start_both(farm)
-        out = tmp_path / "copy.raw"
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "pvsd",
-                "--log-format",
-                "json",
-                "target",
-                "copy",
-                "--mac",
-                MAC,
-                "--servers",
-                farm.servers_arg(),
-                "--out",
-                str(out),
-                "--json",
-                "--rate",
-                "16M",  # slow enough that the kill lands mid-copy
-            ],
-            env={**farm.env, "PVSD_TARGET__MTU": "1506"},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        try:
-            wait_for(
-                lambda: bool(farm.sessions()) and out.exists() and out.stat().st_size > 0,
-                timeout=30,
-                interval=0.05,
-            )
-            serving = farm.sessions()[0]["server"]
-            farm.processes[serving].signal(signal.SIGKILL)
-            stdout, stderr = process.communicate(timeout=120)
-        finally:
-            if process.poll() is None:
-                process.kill()
-        assert process.returncode == 0, stderr
-        result = json.loads(stdout)
+        result, log, serving = copy_killing_the_server(farm, tmp_path / "copy.raw")
         assert result["sha256"] == farm.sha256
         assert result["failovers"], "the copy should report its failover"
         failover = result["failovers"][0]
         assert failover["from"] == serving and failover["to"] != serving
         assert failover["stall_s"] < 10
-        assert "failed over" in stderr
+        assert "failed over" in log
 
 
 def _ask(sock: socket.socket, data: bytes, address: tuple[str, int]) -> tuple[Any, Any]:
@@ -369,49 +379,12 @@ def test_a_ticket_login_needs_no_database(tmp_path: Path, pg_cluster: Any) -> No
     database = pg_cluster.create_database(f"farm_stream_{os.getpid()}")
     with stream_farm(tmp_path, database=database) as farm:
         start_both(farm)
-        out = tmp_path / "copy.raw"
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "pvsd",
-                "--log-format",
-                "json",
-                "target",
-                "copy",
-                "--mac",
-                MAC,
-                "--servers",
-                farm.servers_arg(),
-                "--out",
-                str(out),
-                "--json",
-                "--rate",
-                "16M",  # slow enough that the kill lands mid-copy
-            ],
-            env=farm.env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
         try:
-            wait_for(
-                lambda: bool(farm.sessions()) and out.exists() and out.stat().st_size > 0,
-                timeout=30,
-                interval=0.05,
+            result, _, serving = copy_killing_the_server(
+                farm, tmp_path / "copy.raw", before_kill=pg_cluster.stop
             )
-            serving = farm.sessions()[0]["server"]
-            pg_cluster.stop()
-            try:
-                farm.processes[serving].signal(signal.SIGKILL)
-                stdout, stderr = process.communicate(timeout=120)
-            finally:
-                pg_cluster.start()
         finally:
-            if process.poll() is None:
-                process.kill()
-        assert process.returncode == 0, stderr
-        result = json.loads(stdout)
+            pg_cluster.start()
         assert result["sha256"] == farm.sha256 and result["failovers"]
         other = next(name for name in SERVERS if name != serving)
         events = [e["event"] for e in farm.processes[other].log_events()]
