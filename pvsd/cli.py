@@ -7,7 +7,6 @@ traceback (unless --log-level debug, for a bug report).
 from __future__ import annotations
 
 import argparse
-import asyncio
 import dataclasses
 import getpass
 import json
@@ -37,6 +36,7 @@ from pvsd.farm.store import UNSET, FarmStore, init_farm, open_store
 from pvsd.lab.commands import register as register_lab
 from pvsd.log import LOG_FORMATS, configure_logging, get_logger
 from pvsd.net.mac import parse_mac
+from pvsd.processes import run
 from pvsd.target.commands import register as register_target
 from pvsd.units import format_size, parse_size
 from pvsd.vdisk.image import image_path, import_image
@@ -206,18 +206,8 @@ def _serve(args: argparse.Namespace, config: Config) -> int:
 
     log = get_logger("server").bind(server=config.server.name)
     actor = f"server:{config.server.name}"
-    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-        runner.run(serve(config, actor, log))
+    run(serve(config, actor, log))
     return 0
-
-
-def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
-    """uvloop when it is installed: it cuts the per-packet cost of every UDP service."""
-    try:
-        import uvloop
-    except ImportError:
-        return None
-    return uvloop.new_event_loop
 
 
 def _server_list(args: argparse.Namespace, config: Config) -> int:

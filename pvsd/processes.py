@@ -1,17 +1,20 @@
-"""What every worker process (TFTP, stream I/O) does first: the same signals, logging and loop."""
+"""Event loops for pvsd's processes: uvloop when installed, and what every worker process
+(TFTP, stream I/O) does first: the same signals, logging and loop."""
 
 from __future__ import annotations
 
 import asyncio
 import signal
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 
 from pvsd.log import configure_logging, get_logger
 
-__all__ = ["run_worker"]
+__all__ = ["loop_factory", "run", "run_worker"]
+
+T = TypeVar("T")
 
 
 def run_worker(
@@ -26,11 +29,20 @@ def run_worker(
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     configure_logging(level, fmt)
     log = get_logger(component).bind(**bind)
+    with asyncio.Runner(loop_factory=loop_factory()) as runner:
+        runner.run(main(log))
+
+
+def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop when it is installed: it cuts the per-packet cost of every UDP service."""
     try:
         import uvloop
-
-        runner = asyncio.Runner(loop_factory=uvloop.new_event_loop)
     except ImportError:
-        runner = asyncio.Runner()
-    with runner:
-        runner.run(main(log))
+        return None
+    return uvloop.new_event_loop
+
+
+def run(main: Coroutine[Any, Any, T]) -> T:
+    """asyncio.run, on uvloop when it is installed."""
+    with asyncio.Runner(loop_factory=loop_factory()) as runner:
+        return runner.run(main)

@@ -18,6 +18,7 @@ from pvsd.errors import BadInput, Failure
 from pvsd.farm.bootstrap import BOOTSTRAP_NAME
 from pvsd.log import get_logger
 from pvsd.net.mac import parse_mac
+from pvsd.processes import run
 from pvsd.stream.client import StreamClient
 from pvsd.target.agent import run_agent
 from pvsd.target.discovery import discover_proxy
@@ -117,7 +118,7 @@ def _boot(args: argparse.Namespace, config: Config) -> int:
     client = _client(args, config)
     status_path = _status_path(args, config)
     status_path.parent.mkdir(parents=True, exist_ok=True)
-    status = asyncio.run(
+    status = run(
         run_agent(
             client,
             config.target,
@@ -219,7 +220,7 @@ async def copy_disk(client: StreamClient, out: Path | None, rate: int | None = N
 
 def _copy(args: argparse.Namespace, config: Config) -> int:
     out = None if str(args.out) == "-" else args.out
-    result = asyncio.run(copy_disk(_client(args, config), out, args.rate))
+    result = run(copy_disk(_client(args, config), out, args.rate))
     if args.json:
         print(json.dumps(result))
         return 0
@@ -260,7 +261,7 @@ async def _write_and_check(client: StreamClient, offset: int, size: int, seed: i
 
 
 def _write_test(args: argparse.Namespace, config: Config) -> int:
-    result = asyncio.run(_write_and_check(_client(args, config), args.offset, args.size, args.seed))
+    result = run(_write_and_check(_client(args, config), args.offset, args.size, args.seed))
     if args.json:
         print(json.dumps(result))
     else:

@@ -111,6 +111,9 @@ def test_a_linux_guest_boots_from_a_streamed_vdisk(tmp_path: Path, rootfs: Any) 
             assert run.payload_sha256 == rootfs.payload_sha256
             assert run.written_sha256 == rootfs.expected_write_sha256
             assert run.io_errors == []
+            shown = pvsd(farm.env, "target", "status", "--mac", MAC, "--status", str(status))
+            assert shown.returncode == 0 and "standard, cache on the device" in shown.stdout, shown
+            assert "cache" in shown.stdout and "server    pvs" in shown.stdout
         assert process.returncode == 0, (tmp_path / "agent.log").read_text()
         final = read_status(status)  # written once more as the agent stopped
         assert final["bytes_read"] > 64 << 20 and final["bytes_written"] >= 16 << 20
