@@ -9,6 +9,7 @@ main process closes, so a killed pvsd never leaves workers serving behind it.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import dataclasses
 import multiprocessing
@@ -57,6 +58,7 @@ class StreamWorkers:
         self.log = log
         self.sessions: dict[int, set[int]] = {port: set() for port in ports}  # port -> session ids
         self.stats: dict[int, IoStats] = {}
+        self._assigned: collections.Counter[int] = collections.Counter()  # ports given since the last stats
         self._workers: list[tuple[int, multiprocessing.process.BaseProcess, Connection]] = []
 
     @property
@@ -64,8 +66,14 @@ class StreamWorkers:
         return [port for port, process, _ in self._workers if process.is_alive()]
 
     def least_loaded_port(self) -> int | None:
+        """The worker port for a new session. It counts at once: workers report their sessions
+        only every STATS_INTERVAL_S, and a boot storm's logins must not all see the same counts."""
         ports = self.live_ports
-        return min(ports, key=lambda port: (len(self.sessions[port]), port)) if ports else None
+        if not ports:
+            return None
+        port = min(ports, key=lambda port: (len(self.sessions[port]) + self._assigned[port], port))
+        self._assigned[port] += 1
+        return port
 
     def session_ids(self) -> list[int]:
         return sorted(set().union(*self.sessions.values())) if self.sessions else []
@@ -109,12 +117,16 @@ class StreamWorkers:
             )
             return
         if message[0] == "stats":
-            self.sessions[port] = set(message[1])
-            self.stats[port] = IoStats(**message[2])
+            self._on_stats(port, message[1], message[2])
         elif message[0] == "closed":
             self.sessions[port].discard(message[1])
             if self.on_closed is not None:
                 self.on_closed(message[1])
+
+    def _on_stats(self, port: int, sessions: list[int], stats: dict[str, int]) -> None:
+        self.sessions[port] = set(sessions)
+        self._assigned[port] = 0  # attached by now, or gone
+        self.stats[port] = IoStats(**stats)
 
     async def close(self) -> None:
         loop = asyncio.get_running_loop()
