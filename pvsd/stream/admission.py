@@ -32,7 +32,17 @@ from pvsd.farm.records import Replica as ReplicaRecord
 from pvsd.stream.ticket import CacheType
 from pvsd.stream.wire import ErrorCode
 
-__all__ = ["FarmView", "Grant", "Refusal", "boot_version", "cache_type", "decide_login", "pick_port"]
+__all__ = [
+    "FarmView",
+    "Grant",
+    "Placement",
+    "Refusal",
+    "boot_version",
+    "cache_type",
+    "decide_login",
+    "pick_port",
+    "place_resumed",
+]
 
 _ALLOWED: dict[DeviceType, tuple[VersionState, ...]] = {
     DeviceType.PRODUCTION: (VersionState.PRODUCTION,),
@@ -162,3 +172,59 @@ def decide_login(
         cache=cache_type(vdisk),
         reason=choice.reason,
     )
+
+
+@dataclass(frozen=True)
+class Placement:
+    server: Server
+    io_port: int
+    reason: str
+
+
+def place_resumed(
+    vdisk: str,
+    version: int,
+    session: int,
+    view: FarmView,
+    *,
+    target: ipaddress.IPv4Address | None,
+    dead_after: float,
+    active_within: float,
+    affinity: Affinity = Affinity.NONE,
+    prefix: int = 24,
+) -> Placement | None:
+    """Where a target coming back with its ticket streams from: the least loaded live server
+    holding a verified replica of the version it runs, never the one its session was on (the
+    one it is leaving: dead, though the farm may not see it so yet). None: nowhere known."""
+    leaving = next((s.server for s in view.sessions if s.id == session), None)
+    others = [s for s in view.sessions if s.id != session]
+    active = [s for s in others if s.idle <= active_within]
+    verified = {
+        r.server
+        for r in view.replicas
+        if r.vdisk == vdisk and r.version == version and r.state is ReplicaState.VERIFIED
+    }
+    alive = {
+        s.name: s
+        for s in view.servers
+        if s.name != leaving and s.health(dead_after) is ServerHealth.ALIVE and stream_ports(s)
+    }
+    per_server = Counter(s.server for s in active)
+    candidates = [
+        Candidate(
+            name=server.name,
+            address=ipaddress.IPv4Address(server.address),
+            power=server.power,
+            sessions=per_server[server.name],
+            alive=server.name in alive,
+            verified_replica=server.name in verified,
+        )
+        for server in view.servers
+    ]
+    choice = choose_server(candidates, target, affinity, prefix)
+    if choice.server is None:
+        return None
+    server = alive[choice.server]
+    port = pick_port(server, others, active_within)
+    assert port is not None
+    return Placement(server, port, choice.reason)

@@ -27,17 +27,18 @@ from pvsd.farm.records import Device, DeviceType, Server, ServerState
 from pvsd.farm.store import FarmStore
 from pvsd.net.reader import DecodeError
 from pvsd.net.udp import Address, UdpEndpoint
-from pvsd.stream.admission import FarmView, Grant, Refusal, decide_login
+from pvsd.stream.admission import FarmView, Grant, Placement, Refusal, decide_login, place_resumed
 from pvsd.stream.io import TICKET_ERRORS, fit_error
 from pvsd.stream.ticket import Claims, TicketError, issue_ticket, verify_ticket
 from pvsd.stream.wire import ErrorCode, Login, LoginReply, ServerEntry, decode, encode
 from pvsd.vdisk.image import image_path
 
-__all__ = ["LoginServer", "LoginStats", "read_farm_view"]
+__all__ = ["LoginServer", "LoginStats", "read_farm_view", "read_resume_view"]
 
 # A fresh LOGIN must be at least this long, so that its reply is never the larger (no amplification).
 MIN_FRESH_LOGIN = 512
 _REPLAY_S = 10.0  # a retransmitted LOGIN within this long gets the same answer, not a new session
+RESUME_STORE_TIMEOUT_S = 1.0  # a returning target waits no longer than this for the farm store
 
 
 @dataclass
@@ -61,6 +62,18 @@ def read_farm_view(
         vdisk=vdisk,
         servers=store.list_servers(),
         replicas=store.list_replicas(vdisk.name) if vdisk is not None else [],
+        sessions=store.list_sessions(),
+    )
+
+
+def read_resume_view(store: FarmStore, vdisk: str) -> FarmView:
+    """What placing a target that comes back with its ticket needs (in a thread)."""
+    record = next((v for v in store.list_vdisks() if v.name == vdisk), None)
+    return FarmView(
+        device=None,
+        vdisk=record,
+        servers=store.list_servers(),
+        replicas=store.list_replicas(vdisk),
         sessions=store.list_sessions(),
     )
 
@@ -103,6 +116,7 @@ class LoginServer:
         self._answers: dict[tuple[Address, int, str, bytes], tuple[float, bytes | None]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._sector_sizes: dict[str, int] = {}
+        self._vdisk_sizes: dict[str, int] = {}
         self._deciding = asyncio.Lock()
 
     async def start(self) -> None:
@@ -252,6 +266,9 @@ class LoginServer:
                 size,
                 log,
             )
+        placement = await self._place_resumed(claims, peer, log)
+        if placement is not None and placement.server.name != self.config.server.name:
+            return self._resume_elsewhere(request_id, login, claims, placement, log)
         path = image_path(Path(self.config.server.store), claims.vdisk, claims.version)
         try:
             disk_size = path.stat().st_size
@@ -280,17 +297,73 @@ class LoginServer:
             io=f"{this.address}:{port}",
             session=claims.session,
         )
-        task = asyncio.create_task(self._record_resume(claims, port, log))
+        task = asyncio.create_task(self._record_resume(claims, self.config.server.name, port, log))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         sector = self._sector_sizes.get(claims.vdisk, 512)
         return self._reply(request_id, login, renewed, this, port, disk_size, sector, 1 << 16)
 
-    async def _record_resume(self, claims: Claims, port: int, log: structlog.stdlib.BoundLogger) -> None:
+    async def _place_resumed(
+        self, claims: Claims, peer: Address, log: structlog.stdlib.BoundLogger
+    ) -> Placement | None:
+        """With the farm store at hand, a target coming back is balanced like a new one; without
+        it (or if it is slow), this server serves it: the ticket is all it needs."""
+        farm = self.config.farm
         try:
-            await asyncio.to_thread(
-                self.store.resume_session, claims.session, claims.mac, self.config.server.name, port
+            view = await asyncio.wait_for(
+                asyncio.to_thread(read_resume_view, self.store, claims.vdisk), RESUME_STORE_TIMEOUT_S
             )
+        except (StoreError, TimeoutError) as error:
+            log.info("placing a returning target without the farm store", error=str(error) or "timeout")
+            return None
+        self._vdisk_sizes[claims.vdisk] = view.vdisk.size if view.vdisk else 0
+        return place_resumed(
+            claims.vdisk,
+            claims.version,
+            claims.session,
+            view,
+            target=ipaddress.IPv4Address(peer[0]),
+            dead_after=farm.dead_after,
+            active_within=self.config.stream.idle_timeout + 2 * farm.heartbeat_interval,
+            affinity=Affinity(self.config.login.affinity),
+            prefix=self.config.login.affinity_prefix,
+        )
+
+    def _resume_elsewhere(
+        self,
+        request_id: int,
+        login: Login,
+        claims: Claims,
+        placement: Placement,
+        log: structlog.stdlib.BoundLogger,
+    ) -> bytes:
+        now_ms = int(time.time() * 1000)
+        lifetime_ms = int(self.config.login.ticket_lifetime * 1000)
+        renewed = dataclasses.replace(claims, issued_ms=now_ms, expires_ms=now_ms + lifetime_ms)
+        self.stats.resumed += 1
+        log.info(
+            "login resumed with a ticket",
+            vdisk=claims.vdisk,
+            version=claims.version,
+            server=placement.server.name,
+            io=f"{placement.server.address}:{placement.io_port}",
+            session=claims.session,
+            why=placement.reason,
+        )
+        task = asyncio.create_task(self._record_resume(claims, placement.server.name, placement.io_port, log))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        sector = self._sector_sizes.get(claims.vdisk, 512)
+        size = self._vdisk_sizes.get(claims.vdisk, 0)
+        return self._reply(
+            request_id, login, renewed, placement.server, placement.io_port, size, sector, 1 << 16
+        )
+
+    async def _record_resume(
+        self, claims: Claims, server: str, port: int, log: structlog.stdlib.BoundLogger
+    ) -> None:
+        try:
+            await asyncio.to_thread(self.store.resume_session, claims.session, claims.mac, server, port)
         except StoreError as error:
             log.warning(
                 "session moved here but not recorded in the farm store",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 
 import pytest
@@ -21,7 +22,16 @@ from pvsd.farm.records import (
     VersionState,
     WriteCache,
 )
-from pvsd.stream.admission import FarmView, Grant, Refusal, boot_version, decide_login, pick_port
+from pvsd.stream.admission import (
+    FarmView,
+    Grant,
+    Placement,
+    Refusal,
+    boot_version,
+    decide_login,
+    pick_port,
+    place_resumed,
+)
 from pvsd.stream.io import fit_error
 from pvsd.stream.ticket import CacheType
 from pvsd.stream.wire import ErrorCode, ErrorReply, decode
@@ -175,3 +185,42 @@ def test_error_replies_are_never_larger_than_the_request(limit: int) -> None:
     assert len(reply) <= limit
     _, message = decode(reply)
     assert isinstance(message, ErrorReply) and message.code == ErrorCode.UNKNOWN_SESSION
+
+
+def place(view: FarmView, session_id: int = 1) -> Placement | None:
+    return place_resumed("disk", 1, session_id, view, target=None, dead_after=DEAD_AFTER, active_within=70.0)
+
+
+def test_a_returning_target_never_goes_back_to_the_server_it_left() -> None:
+    three = (*SERVERS, server("pvs3", "10.0.0.13"))
+    replicas = (replica("pvs1"), replica("pvs2"), replica("pvs3"))
+    # its own session says pvs1: pvs1 still looks alive (not dead_after yet) but it is left out
+    sessions = (
+        Session(1, MAC, "t1", "pvs1", 6911, 0.0, 0.0, "disk", 0.0),
+        dataclasses.replace(session("pvs2", 6911), id=2),
+        dataclasses.replace(session("pvs2", 6912), id=3),
+    )
+    placement = place(view(servers=three, replicas=replicas, sessions=sessions))
+    assert placement is not None and placement.server.name == "pvs3"
+
+
+def test_the_targets_of_a_dead_server_spread_over_the_others() -> None:
+    three = (*SERVERS, server("pvs3", "10.0.0.13"))
+    replicas = (replica("pvs1"), replica("pvs2"), replica("pvs3"))
+    sessions = [
+        Session(n, f"52:54:00:00:01:{n:02x}", f"t{n}", "pvs1", 6911, 0.0, 0.0, "disk", 0.0)
+        for n in range(1, 5)
+    ]
+    chosen = []
+    for moving in range(1, 5):
+        placement = place(view(servers=three, replicas=replicas, sessions=tuple(sessions)), moving)
+        assert placement is not None
+        chosen.append(placement.server.name)
+        sessions[moving - 1] = dataclasses.replace(sessions[moving - 1], server=placement.server.name)
+    assert sorted(chosen) == ["pvs2", "pvs2", "pvs3", "pvs3"]
+
+
+def test_no_placement_without_another_server_holding_the_version() -> None:
+    own = (Session(1, MAC, "t1", "pvs1", 6911, 0.0, 0.0, "disk", 0.0),)
+    assert place(view(replicas=(replica("pvs1"),), sessions=own)) is None
+    assert place(view(replicas=(replica("pvs2", number=2),), sessions=own)) is None
