@@ -316,8 +316,24 @@ class StreamClient:
                         if len(value) == 2
                         else struct.unpack("=i", value[:4])[0]
                     )
-            for start in range(0, len(data), segment):
-                progressed |= self._datagram(data[start : start + segment], flow, now)
+            if segment >= len(data):
+                progressed |= self._datagram(data, flow, now)
+                continue
+            # A coalesced burst: DATA are read in place, anything else goes the general way.
+            unpack_from, session, total = _DATA_HEAD.unpack_from, self.session, len(data)
+            for start in range(0, total, segment):
+                stop = min(start + segment, total)
+                if (
+                    flow is not None
+                    and data[start + 3] == MessageType.DATA
+                    and stop - start > _DATA_HEAD.size
+                ):
+                    magic, version, _, _, request_id, sent_session, offset = unpack_from(data, start)
+                    if magic == MAGIC and version == VERSION and sent_session == session:
+                        flow.receive_data(request_id, offset, data, start + _DATA_HEAD.size, now, stop)
+                        progressed = True
+                        continue
+                progressed |= self._datagram(data[start:stop], flow, now)
         if progressed:
             self._last_progress = now
         self._pump()
