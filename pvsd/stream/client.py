@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import socket
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import structlog
@@ -32,6 +32,7 @@ from pvsd.stream.wire import (
     Login,
     LoginReply,
     Logout,
+    Message,
     MessageType,
     Redirect,
     WriteAck,
@@ -111,6 +112,7 @@ class StreamClient:
         self._keepalive: asyncio.Task[None] | None = None
         self._last_progress = 0.0
         self._gro = False
+        self._last_session = 0  # the session id in the header of the last control reply
 
     # -- public API ---------------------------------------------------------------------------------
 
@@ -223,12 +225,12 @@ class StreamClient:
         )
         return message
 
-    async def _ask(self, message: object, address: Address, session: int) -> tuple[int, object]:
+    async def _ask(self, message: Message, address: Address, session: int) -> tuple[int, object]:
         assert self._sock is not None
         request_id = self._take_control_id()
         future: asyncio.Future[tuple[int, object]] = asyncio.get_running_loop().create_future()
         self._control[request_id] = future
-        data = encode(message, request_id, session)  # type: ignore[arg-type]
+        data = encode(message, request_id, session)
         try:
             for attempt in range(3):
                 with contextlib.suppress(OSError):
@@ -247,10 +249,10 @@ class StreamClient:
 
     # -- the data path ------------------------------------------------------------------------------
 
-    async def _submit(self, start: object) -> Completion:
+    async def _submit(self, start: Callable[[Flow], int]) -> Completion:
         flow = self.flow
         assert flow is not None, "connect() first"
-        handle = start(flow)  # type: ignore[operator]
+        handle = start(flow)
         future: asyncio.Future[Completion] = asyncio.get_running_loop().create_future()
         self._waiters[handle] = future
         self._pump()
@@ -359,8 +361,6 @@ class StreamClient:
             flow.receive(header, message, now)
             return True
         return isinstance(message, Keepalive)
-
-    _last_session = 0
 
     # -- failover and keepalive ---------------------------------------------------------------------
 

@@ -59,6 +59,7 @@ TICKET_ERRORS: dict[TicketProblem, ErrorCode] = {
 }
 
 _DATA_HEAD = struct.Struct("!HBBHIQQ")  # the header, then the DATA offset
+_READ = struct.Struct("!HBBHIQQI")  # a whole READ: the header, offset and length
 _REMEMBERED_WRITES = 4096
 # Requests are aligned to 512 bytes whatever the vDisk's sector size: a 4096-byte-sector disk's
 # requests are multiples of it anyway.
@@ -220,7 +221,7 @@ class IoServer:
 
     def _fast_read(self, data: bytes, peer: Address) -> None:
         """READ is most of the traffic: parse it with one unpack instead of the general decoder."""
-        magic, version, _, _, request_id, session_id, offset, length = struct.unpack("!HBBHIQQI", data)
+        magic, version, _, _, request_id, session_id, offset, length = _READ.unpack(data)
         if magic != MAGIC or version != VERSION:
             self.stats.malformed += 1
             return
