@@ -199,8 +199,11 @@ class StreamClient:
         if isinstance(attached, ErrorReply):
             raise _refused(attached)
         self.reply, self.session, self._io = message, session, io
+        # The server we stream from is the I/O address's, maybe not the one that took the login;
+        # the reply lists it first.
         self.server_name = next(
-            (s.name for s in message.servers if (str(s.address), s.login_port) == address), name
+            (s.name for s in message.servers if str(s.address) == io[0]),
+            message.servers[0].name if message.servers else name,
         )
         if message.servers:
             self.servers = [(s.name, (str(s.address), s.login_port)) for s in message.servers]
