@@ -268,24 +268,29 @@ class LoginServer:
             )
         placement = await self._place_resumed(claims, peer, log)
         if placement is not None and placement.server.name != self.config.server.name:
-            return self._resume_elsewhere(request_id, login, claims, placement, log)
-        path = image_path(Path(self.config.server.store), claims.vdisk, claims.version)
-        try:
-            disk_size = path.stat().st_size
-        except OSError:
-            return self._refuse(
-                ErrorCode.NO_SERVER,
-                f"this server holds no image of {claims.vdisk} v{claims.version}",
-                request_id,
-                size,
-                log,
+            disk_size = self._vdisk_sizes.get(claims.vdisk, 0)
+        else:
+            # Here: the farm store chose this server, or could not be asked. The ticket is enough.
+            path = image_path(Path(self.config.server.store), claims.vdisk, claims.version)
+            try:
+                disk_size = path.stat().st_size
+            except OSError:
+                return self._refuse(
+                    ErrorCode.NO_SERVER,
+                    f"this server holds no image of {claims.vdisk} v{claims.version}",
+                    request_id,
+                    size,
+                    log,
+                )
+            port = self.local_port()
+            if port is None:
+                return self._refuse(
+                    ErrorCode.SERVER_BUSY, "no stream worker is running here", request_id, size, log
+                )
+            this = next(s for s in self._servers() if s.name == self.config.server.name)
+            placement = Placement(
+                this, port, placement.reason if placement else "the farm store did not answer"
             )
-        port = self.local_port()
-        if port is None:
-            return self._refuse(
-                ErrorCode.SERVER_BUSY, "no stream worker is running here", request_id, size, log
-            )
-        this = next(s for s in self._servers() if s.name == self.config.server.name)
         now_ms = int(time.time() * 1000)
         lifetime_ms = int(self.config.login.ticket_lifetime * 1000)
         renewed = dataclasses.replace(claims, issued_ms=now_ms, expires_ms=now_ms + lifetime_ms)
@@ -294,14 +299,18 @@ class LoginServer:
             "login resumed with a ticket",
             vdisk=claims.vdisk,
             version=claims.version,
-            io=f"{this.address}:{port}",
+            server=placement.server.name,
+            io=f"{placement.server.address}:{placement.io_port}",
             session=claims.session,
+            why=placement.reason,
         )
-        task = asyncio.create_task(self._record_resume(claims, self.config.server.name, port, log))
+        task = asyncio.create_task(self._record_resume(claims, placement.server.name, placement.io_port, log))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         sector = self._sector_sizes.get(claims.vdisk, 512)
-        return self._reply(request_id, login, renewed, this, port, disk_size, sector, 1 << 16)
+        return self._reply(
+            request_id, login, renewed, placement.server, placement.io_port, disk_size, sector, 1 << 16
+        )
 
     async def _place_resumed(
         self, claims: Claims, peer: Address, log: structlog.stdlib.BoundLogger
@@ -327,36 +336,6 @@ class LoginServer:
             active_within=self.config.stream.idle_timeout + 2 * farm.heartbeat_interval,
             affinity=Affinity(self.config.login.affinity),
             prefix=self.config.login.affinity_prefix,
-        )
-
-    def _resume_elsewhere(
-        self,
-        request_id: int,
-        login: Login,
-        claims: Claims,
-        placement: Placement,
-        log: structlog.stdlib.BoundLogger,
-    ) -> bytes:
-        now_ms = int(time.time() * 1000)
-        lifetime_ms = int(self.config.login.ticket_lifetime * 1000)
-        renewed = dataclasses.replace(claims, issued_ms=now_ms, expires_ms=now_ms + lifetime_ms)
-        self.stats.resumed += 1
-        log.info(
-            "login resumed with a ticket",
-            vdisk=claims.vdisk,
-            version=claims.version,
-            server=placement.server.name,
-            io=f"{placement.server.address}:{placement.io_port}",
-            session=claims.session,
-            why=placement.reason,
-        )
-        task = asyncio.create_task(self._record_resume(claims, placement.server.name, placement.io_port, log))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        sector = self._sector_sizes.get(claims.vdisk, 512)
-        size = self._vdisk_sizes.get(claims.vdisk, 0)
-        return self._reply(
-            request_id, login, renewed, placement.server, placement.io_port, size, sector, 1 << 16
         )
 
     async def _record_resume(
