@@ -59,7 +59,12 @@ class StreamedDisk:
         if self.cache is None:
             return await self.client.read(offset, length)
         missing = self.cache.missing(offset, length)
-        fetched = await asyncio.gather(*(self.client.read(start, size) for start, size in missing))
+        if missing == [(offset, length)]:
+            return await self.client.read(offset, length)  # nothing cached here: the common case
+        if len(missing) == 1:
+            fetched = [await self.client.read(*missing[0])]
+        else:
+            fetched = await asyncio.gather(*(self.client.read(start, size) for start, size in missing))
         return self.cache.merge(
             offset, length, [(start, data) for (start, _), data in zip(missing, fetched, strict=True)]
         )
