@@ -199,8 +199,7 @@ class _Connection:
 
     async def _send(self, *chunks: bytes) -> None:
         async with self.write_lock:
-            for chunk in chunks:
-                self.writer.write(chunk)
+            self.writer.writelines(chunks)  # one send for a reply's header and data
             await self.writer.drain()
 
     async def _handshake(self, negotiation: Negotiation) -> Phase:
