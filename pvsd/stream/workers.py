@@ -14,7 +14,6 @@ import contextlib
 import dataclasses
 import multiprocessing
 import os
-import signal
 from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
@@ -24,7 +23,7 @@ import structlog
 from pvsd.errors import Failure
 from pvsd.log import logging_settings
 from pvsd.privileges import drop_privileges
-from pvsd.processes import run_worker
+from pvsd.processes import run_worker, serve_main_process
 from pvsd.stream.io import IoServer, IoSettings, IoStats
 
 __all__ = ["StreamWorkers", "stream_worker_count"]
@@ -172,28 +171,12 @@ async def _serve(
     except (OSError, Failure) as error:
         connection.send(("error", getattr(error, "strerror", None) or str(error)))
         return
-    loop = asyncio.get_running_loop()
-    stopping = asyncio.Event()
-    loop.add_signal_handler(signal.SIGTERM, stopping.set)
 
-    def on_message() -> None:
-        try:
-            message: Any = connection.recv()
-        except (EOFError, OSError):
-            stopping.set()  # the main process is gone
-            return
-        if message[0] == "stop":
-            stopping.set()
+    def report() -> tuple[Any, ...]:
+        server.expire_idle()
+        return ("stats", list(server.sessions), dataclasses.asdict(server.stats))
 
-    loop.add_reader(connection.fileno(), on_message)
-    connection.send(("ready",))
     try:
-        while not stopping.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stopping.wait(), STATS_INTERVAL_S)
-            server.expire_idle()
-            with contextlib.suppress(OSError):
-                connection.send(("stats", list(server.sessions), dataclasses.asdict(server.stats)))
+        await serve_main_process(connection, STATS_INTERVAL_S, report)
     finally:
-        loop.remove_reader(connection.fileno())
         server.close()

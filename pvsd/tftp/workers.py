@@ -17,7 +17,6 @@ import contextlib
 import dataclasses
 import multiprocessing
 import os
-import signal
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -27,7 +26,7 @@ from pvsd.config import TftpConfig
 from pvsd.errors import Failure
 from pvsd.log import logging_settings
 from pvsd.privileges import drop_privileges
-from pvsd.processes import run_worker
+from pvsd.processes import run_worker, serve_main_process
 from pvsd.tftp.server import TftpServer, TftpStats
 
 __all__ = ["TftpWorkers", "share_of", "worker_count"]
@@ -145,33 +144,18 @@ async def _serve(
     except (OSError, Failure) as error:
         connection.send(("error", str(error)))
         return
-    loop = asyncio.get_running_loop()
-    stopping = asyncio.Event()
-    loop.add_signal_handler(signal.SIGTERM, stopping.set)
 
-    def on_message() -> None:
-        try:
-            message: Any = connection.recv()
-        except (EOFError, OSError):
-            stopping.set()  # the main process is gone
-            return
+    def handle(message: tuple[Any, ...]) -> None:
         if message[0] == "publish":
             server.registry.publish(message[1], message[2])
         elif message[0] == "unpublish":
             server.registry.unpublish(message[1])
         elif message[0] == "publish_default":
             server.registry.publish_default(message[1], message[2])
-        elif message[0] == "stop":
-            stopping.set()
 
-    loop.add_reader(connection.fileno(), on_message)
-    connection.send(("ready",))
     try:
-        while not stopping.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stopping.wait(), STATS_INTERVAL_S)
-            with contextlib.suppress(OSError):
-                connection.send(("stats", dataclasses.asdict(server.stats)))
+        await serve_main_process(
+            connection, STATS_INTERVAL_S, lambda: ("stats", dataclasses.asdict(server.stats)), handle
+        )
     finally:
-        loop.remove_reader(connection.fileno())
         await server.close()
