@@ -146,31 +146,26 @@ def decide_login(
         and r.state is ReplicaState.VERIFIED
         and r.sha256 == version.sha256
     }
-    per_server = Counter(s.server for s in active)
-    candidates = [
-        Candidate(
-            name=server.name,
-            address=ipaddress.IPv4Address(server.address),
-            power=server.power,
-            sessions=per_server[server.name],
-            alive=server.name in alive and bool(stream_ports(server)),
-            verified_replica=server.name in verified,
-        )
-        for server in view.servers
-    ]
-    choice = choose_server(candidates, target, affinity, prefix)
-    if choice.server is None:
-        return Refusal(ErrorCode.NO_SERVER, f"{vdisk.name} version {version.number}: {choice.reason}")
-    server = alive[choice.server]
-    port = pick_port(server, view.sessions, active_within)
-    assert port is not None  # a candidate without stream ports is not alive for streaming
+    placement = _place(
+        view.servers,
+        view.sessions,
+        verified,
+        leaving=None,
+        target=target,
+        dead_after=dead_after,
+        active_within=active_within,
+        affinity=affinity,
+        prefix=prefix,
+    )
+    if isinstance(placement, str):
+        return Refusal(ErrorCode.NO_SERVER, f"{vdisk.name} version {version.number}: {placement}")
     return Grant(
-        server=server,
-        io_port=port,
+        server=placement.server,
+        io_port=placement.io_port,
         version=version,
         private=vdisk.mode is AccessMode.PRIVATE,
         cache=cache_type(vdisk),
-        reason=choice.reason,
+        reason=placement.reason,
     )
 
 
@@ -197,19 +192,45 @@ def place_resumed(
     holding a verified replica of the version it runs, never the one its session was on (the
     one it is leaving: dead, though the farm may not see it so yet). None: nowhere known."""
     leaving = next((s.server for s in view.sessions if s.id == session), None)
-    others = [s for s in view.sessions if s.id != session]
-    active = [s for s in others if s.idle <= active_within]
     verified = {
         r.server
         for r in view.replicas
         if r.vdisk == vdisk and r.version == version and r.state is ReplicaState.VERIFIED
     }
+    placement = _place(
+        view.servers,
+        [s for s in view.sessions if s.id != session],
+        verified,
+        leaving=leaving,
+        target=target,
+        dead_after=dead_after,
+        active_within=active_within,
+        affinity=affinity,
+        prefix=prefix,
+    )
+    return None if isinstance(placement, str) else placement
+
+
+def _place(
+    servers: Sequence[Server],
+    sessions: Sequence[Session],
+    verified: set[str],
+    *,
+    leaving: str | None,
+    target: ipaddress.IPv4Address | None,
+    dead_after: float,
+    active_within: float,
+    affinity: Affinity,
+    prefix: int,
+) -> Placement | str:
+    """The least loaded live streaming server with a verified replica, and its least loaded
+    port; `leaving` is never chosen. A string says why there is none."""
     alive = {
         s.name: s
-        for s in view.servers
+        for s in servers
         if s.name != leaving and s.health(dead_after) is ServerHealth.ALIVE and stream_ports(s)
     }
-    per_server = Counter(s.server for s in active)
+    per_server = Counter(s.server for s in sessions if s.idle <= active_within)
     candidates = [
         Candidate(
             name=server.name,
@@ -219,12 +240,12 @@ def place_resumed(
             alive=server.name in alive,
             verified_replica=server.name in verified,
         )
-        for server in view.servers
+        for server in servers
     ]
     choice = choose_server(candidates, target, affinity, prefix)
     if choice.server is None:
-        return None
+        return choice.reason
     server = alive[choice.server]
-    port = pick_port(server, others, active_within)
-    assert port is not None
+    port = pick_port(server, sessions, active_within)
+    assert port is not None  # a server without stream ports is not a candidate
     return Placement(server, port, choice.reason)

@@ -52,7 +52,7 @@ class StreamedDisk:
         self.read_only = False
         self.bytes_read = 0
         self.bytes_written = 0
-        self.cache_full = 0
+        self.writes_refused = 0  # ENOSPC: the write cache was full
 
     async def read(self, offset: int, length: int) -> bytes:
         self.bytes_read += length
@@ -76,7 +76,7 @@ class StreamedDisk:
             try:
                 self.cache.write(offset, data)
             except CacheFull as error:
-                self.cache_full += 1
+                self.writes_refused += 1
                 self.log.error("write cache full: the guest gets ENOSPC", reason=str(error))
                 raise NoSpace(str(error)) from None
         self.bytes_written += len(data)
@@ -107,6 +107,7 @@ class AgentStatus:
     bytes_written: int = 0
     read_mb_per_s: float = 0.0
     retransmits: int = 0
+    writes_refused: int = 0
     failovers: list[dict[str, Any]] = field(default_factory=list)
     cache: dict[str, Any] | None = None
     updated: float = 0.0
@@ -207,6 +208,7 @@ def _update(
     status.session = client.session
     status.bytes_read = disk.bytes_read
     status.bytes_written = disk.bytes_written
+    status.writes_refused = disk.writes_refused
     status.read_mb_per_s = round(rate / 1e6, 1)
     status.retransmits = client.flow.stats.retransmits if client.flow is not None else 0
     status.failovers = [

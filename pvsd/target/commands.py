@@ -155,7 +155,9 @@ def _status(args: argparse.Namespace, config: Config) -> int:
     )
     if cache:
         used, limit = cache.get("used_bytes", 0), cache.get("max_bytes_limit", 0)
-        print(f"  cache     {format_size(used)} used of {format_size(limit)}")
+        refused = status.get("writes_refused", 0)
+        full = f", {refused} writes refused (cache full)" if refused else ""
+        print(f"  cache     {format_size(used)} used of {format_size(limit)}{full}")
     for failover in status["failovers"]:
         print(f"  failover  {failover['from']} -> {failover['to']}, stalled {failover['stall_s']:.2f} s")
     return 0

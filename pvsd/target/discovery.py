@@ -1,82 +1,23 @@
-"""The start of a real boot chain, done by the agent: PXE DHCPDISCOVER, the proxy offer, pvs.bootstrap.
+"""The start of a real boot chain, done by the agent: PXE DHCPDISCOVER, the proxy offer.
 
-The agent broadcasts the DISCOVER a BIOS PXE ROM sends (option 60
-`PXEClient:Arch:00000:UNDI:002001`, option 93 = 0, this MAC), takes the first offer that
-comes from a PXE boot server (a proxy offer: option 60 `PXEClient`), and downloads
-`pvs.bootstrap` over TFTP from the server that answered. It never takes an address: the
-interface must have one already (as the firmware's DHCP would have given it).
+The agent broadcasts the DISCOVER a BIOS PXE ROM sends and takes the first proxy offer (the
+packets are `pvsd/dhcp/pxe_client.py`'s); the caller then downloads `pvs.bootstrap` over TFTP
+from the server that answered. It never takes an address: the interface must have one already
+(as the firmware's DHCP would have given it).
 """
 
 from __future__ import annotations
 
-import ipaddress
 import secrets
 import socket
-import struct
 import time
-from dataclasses import dataclass
 
-from pvsd.dhcp.codec import (
-    BROADCAST_FLAG,
-    DhcpPacket,
-    MessageType,
-    Op,
-    Option,
-    decode,
-    encode,
-)
+from pvsd.dhcp.pxe_client import ProxyOffer, discover_packet, proxy_offer
 from pvsd.errors import Failure
-from pvsd.net.reader import DecodeError
 
-__all__ = ["ProxyOffer", "discover_packet", "discover_proxy", "proxy_offer"]
+__all__ = ["discover_proxy"]
 
-VENDOR_CLASS = b"PXEClient:Arch:00000:UNDI:002001"
 SO_BINDTODEVICE = 25
-
-
-@dataclass(frozen=True)
-class ProxyOffer:
-    server: ipaddress.IPv4Address  # the pvsd that answered: TFTP and the bootstrap come from it
-    boot_file: str
-
-
-def discover_packet(mac: str, xid: int) -> bytes:
-    chaddr = bytes.fromhex(mac.replace(":", ""))
-    packet = DhcpPacket(
-        op=Op.BOOTREQUEST,
-        xid=xid,
-        chaddr=chaddr + bytes(10),
-        flags=BROADCAST_FLAG,
-        options=(
-            (Option.MESSAGE_TYPE, bytes((MessageType.DISCOVER,))),
-            (Option.VENDOR_CLASS, VENDOR_CLASS),
-            (Option.CLIENT_ARCH, struct.pack("!H", 0)),
-            (Option.CLIENT_NDI, bytes((1, 2, 1))),
-            (Option.CLIENT_UUID, bytes(17)),
-            (Option.PARAMETER_LIST, bytes((1, 3, 43, 54, 60, 66, 67))),
-        ),
-    )
-    return encode(packet)
-
-
-def proxy_offer(datagram: bytes, mac: str, xid: int) -> ProxyOffer | None:
-    """The offer if this datagram is a PXE proxy's answer to our DISCOVER, else None."""
-    try:
-        packet = decode(datagram)
-    except DecodeError:
-        return None
-    if packet.op != Op.BOOTREPLY or packet.xid != xid or packet.mac != mac:
-        return None
-    if packet.message_type != MessageType.OFFER or not packet.vendor_class.startswith("PXEClient"):
-        return None
-    server = packet.siaddr
-    if server == ipaddress.IPv4Address(0):
-        server_id = packet.option(Option.SERVER_ID)
-        if not server_id or len(server_id) != 4:
-            return None
-        server = ipaddress.IPv4Address(server_id)
-    boot_file = packet.file.split(b"\0", 1)[0].decode("ascii", "replace")
-    return ProxyOffer(server, boot_file)
 
 
 def discover_proxy(mac: str, interface: str, timeout: float = 10.0, port: int = 67) -> ProxyOffer:
