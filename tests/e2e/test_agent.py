@@ -88,6 +88,15 @@ def streaming_agent(farm: StreamFarm, folder: Path, port: int) -> Any:
     return agent(farm.env, folder, "--servers", farm.servers_arg(), "--nbd", f"127.0.0.1:{port}")
 
 
+def agent_story(folder: Path, run: GuestRun) -> str:
+    """What to look at when the guest saw an I/O error: the agent's warnings and errors (any
+    NBD refusal or failure) and the end of the guest's console."""
+    lines = (folder / "agent.log").read_text().splitlines()
+    notable = [line for line in lines if '"level": "warning"' in line or '"level": "error"' in line]
+    notable += [line for line in lines if "nbd request" in line]
+    return "agent log:\n" + "\n".join(notable[-40:]) + "\nguest console:\n" + run.console[-3000:]
+
+
 def read_status(path: Path) -> dict[str, Any]:
     status: dict[str, Any] = json.loads(path.read_text())
     return status
@@ -152,7 +161,7 @@ def test_the_guest_survives_the_serving_server_being_killed_mid_read(tmp_path: P
             assert run.done, run.console[-3000:]
             assert run.payload_sha256 == rootfs.payload_sha256
             assert run.written_sha256 == rootfs.expected_write_sha256
-            assert run.io_errors == []
+            assert run.io_errors == [], agent_story(tmp_path, run)
         failovers = read_status(status)["failovers"]  # the final status, written as the agent stopped
         assert failovers and failovers[0]["from"] == serving, failovers
         stall = failovers[0]["stall_s"]
