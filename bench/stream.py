@@ -519,7 +519,7 @@ def target_config(mtu: int, window: int) -> Any:
 
 async def probe_pvsd(mac: str) -> None:
     from pvsd.log import get_logger
-    from pvsd.stream.client import StreamClient
+    from pvsd.target.client import StreamClient
 
     client = StreamClient(
         mac,
@@ -650,7 +650,7 @@ def measure_pvsd_iops(running: Running, row: Measurement, image: Image, settings
 async def iops_drive(opts: argparse.Namespace) -> dict[str, Any]:
     """Keep `depth` 4 KiB reads at random aligned offsets in flight for `seconds`; count completions."""
     from pvsd.log import get_logger
-    from pvsd.stream.client import StreamClient
+    from pvsd.target.client import StreamClient
 
     client = StreamClient(
         opts.mac, [(PVSD_HOST, LOGIN_PORT)], target_config(opts.mtu, opts.depth), get_logger("bench")

@@ -19,10 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from pvsd import __version__
+from pvsd.boot.bootstrap import BOOTSTRAP_NAME, bootstrap_document, render_bootstrap
+from pvsd.boot.ipxe import device_script, device_script_name, ipxe_bootstrap, unknown_device_script
 from pvsd.config import Config, load_config, render_toml
 from pvsd.errors import BadInput, PvsdError
-from pvsd.farm.bootstrap import BOOTSTRAP_NAME, bootstrap_document, render_bootstrap
-from pvsd.farm.ipxe import device_script, device_script_name, ipxe_bootstrap, unknown_device_script
 from pvsd.farm.records import (
     AccessMode,
     DeviceType,

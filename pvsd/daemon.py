@@ -10,10 +10,10 @@ from typing import Protocol
 
 import structlog
 
+from pvsd.boot.publish import BootFiles
 from pvsd.config import Config, ConfigError
 from pvsd.dhcp.server import DhcpServer, boot_policy
 from pvsd.errors import Failure
-from pvsd.farm.bootfiles import BootFiles
 from pvsd.farm.devices import DeviceView
 from pvsd.farm.membership import Membership
 from pvsd.farm.records import Server

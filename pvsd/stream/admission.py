@@ -14,7 +14,6 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from pvsd.farm.balance import Affinity, Candidate, choose_server
 from pvsd.farm.records import (
     AccessMode,
     Device,
@@ -29,6 +28,7 @@ from pvsd.farm.records import (
     WriteCache,
 )
 from pvsd.farm.records import Replica as ReplicaRecord
+from pvsd.stream.placement import Affinity, Candidate, choose_server
 from pvsd.stream.ticket import CacheType
 from pvsd.stream.wire import ErrorCode
 

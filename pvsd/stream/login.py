@@ -21,7 +21,6 @@ from pathlib import Path
 import structlog
 
 from pvsd.config import Config
-from pvsd.farm.balance import Affinity
 from pvsd.farm.errors import StoreError, StoreUnavailable
 from pvsd.farm.records import Device, DeviceType, Server, ServerState
 from pvsd.farm.store import FarmStore
@@ -29,6 +28,7 @@ from pvsd.net.reader import DecodeError
 from pvsd.net.udp import Address, UdpEndpoint
 from pvsd.stream.admission import FarmView, Grant, Placement, Refusal, decide_login, place_resumed
 from pvsd.stream.io import TICKET_ERRORS, fit_error
+from pvsd.stream.placement import Affinity
 from pvsd.stream.ticket import Claims, TicketError, issue_ticket, verify_ticket
 from pvsd.stream.wire import ErrorCode, Login, LoginReply, ServerEntry, decode, encode
 from pvsd.vdisk.image import image_path

@@ -19,8 +19,8 @@ from pvsd.farm.records import Server, ServerHealth
 from pvsd.farm.store import FarmStore
 from pvsd.stream.io import IoSettings
 from pvsd.stream.login import LoginServer
-from pvsd.stream.replicas import ReplicaScanner
 from pvsd.stream.workers import StreamWorkers, stream_worker_count
+from pvsd.vdisk.replicas import ReplicaScanner
 
 __all__ = ["StreamService", "stream_ports"]
 

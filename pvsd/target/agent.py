@@ -26,8 +26,8 @@ from typing import Any
 import structlog
 
 from pvsd.config import TargetConfig
-from pvsd.stream.client import StreamClient
 from pvsd.stream.ticket import CacheType
+from pvsd.target.client import StreamClient
 from pvsd.target.nbd import NbdServer, NoSpace
 from pvsd.vdisk.cache import CacheFull, WriteCache
 

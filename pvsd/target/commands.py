@@ -13,14 +13,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from pvsd.boot.bootstrap import BOOTSTRAP_NAME
 from pvsd.config import Config
 from pvsd.errors import BadInput, Failure
-from pvsd.farm.bootstrap import BOOTSTRAP_NAME
 from pvsd.log import get_logger
 from pvsd.net.mac import parse_mac
 from pvsd.processes import run
-from pvsd.stream.client import StreamClient
 from pvsd.target.agent import run_agent
+from pvsd.target.client import StreamClient
 from pvsd.target.discovery import discover_proxy
 from pvsd.target.servers import Address, fetch_bootstrap, parse_servers
 from pvsd.units import format_size, parse_size

@@ -1,5 +1,5 @@
-"""vDisks: image files in a server's store, the server-side write cache (overlay), and the
-target's write cache (RAM with overflow to a local file)."""
+"""vDisks: image files in a server's store and the scan that reports them to the farm, the
+server-side write cache (overlay), and the target's write cache (RAM with overflow to a file)."""
 
 from pvsd.vdisk.cache import CacheFull, CacheStats, WriteCache
 from pvsd.vdisk.image import (
@@ -16,6 +16,7 @@ from pvsd.vdisk.image import (
     write_sidecar,
 )
 from pvsd.vdisk.overlay import MAP_MAGIC, Overlay, overlay_paths
+from pvsd.vdisk.replicas import ReplicaScanner, scan_replicas
 
 __all__ = [
     "DEFAULT_CHUNK",
@@ -25,12 +26,14 @@ __all__ = [
     "ImageCheck",
     "ImportResult",
     "Overlay",
+    "ReplicaScanner",
     "Sidecar",
     "WriteCache",
     "image_path",
     "import_image",
     "overlay_paths",
     "read_sidecar",
+    "scan_replicas",
     "sha256_file",
     "sidecar_path",
     "verify_image",

@@ -25,7 +25,6 @@ from support.stream import SERVERS, StreamFarm, stream_farm
 
 from pvsd.config import TargetConfig
 from pvsd.log import get_logger
-from pvsd.stream.client import StreamClient
 from pvsd.stream.wire import (
     ErrorCode,
     ErrorReply,
@@ -38,6 +37,7 @@ from pvsd.stream.wire import (
     decode,
     encode,
 )
+from pvsd.target.client import StreamClient
 
 MAC = "52:54:00:00:00:00"
 

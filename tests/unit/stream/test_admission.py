@@ -7,7 +7,6 @@ import ipaddress
 
 import pytest
 
-from pvsd.farm.balance import Affinity
 from pvsd.farm.records import (
     AccessMode,
     Device,
@@ -33,6 +32,7 @@ from pvsd.stream.admission import (
     place_resumed,
 )
 from pvsd.stream.io import fit_error
+from pvsd.stream.placement import Affinity
 from pvsd.stream.ticket import CacheType
 from pvsd.stream.wire import ErrorCode, ErrorReply, decode
 

@@ -8,7 +8,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pvsd.stream.flow import Completion, Flow, Outgoing, RttEstimator
 from pvsd.stream.wire import (
     HEADER_SIZE,
     Data,
@@ -22,6 +21,7 @@ from pvsd.stream.wire import (
     WriteAck,
     encode,
 )
+from pvsd.target.flow import Completion, Flow, Outgoing, RttEstimator
 
 SECTOR = 512
 Reply = tuple[Header, Data | WriteAck | ErrorReply]

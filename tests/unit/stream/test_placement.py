@@ -4,7 +4,7 @@ import ipaddress
 
 import pytest
 
-from pvsd.farm.balance import Affinity, Candidate, choose_server
+from pvsd.stream.placement import Affinity, Candidate, choose_server
 
 
 def candidate(

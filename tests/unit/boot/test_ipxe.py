@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import dataclasses
 
+from pvsd.boot.ipxe import device_script, device_script_name, ipxe_bootstrap, unknown_device_script
 from pvsd.config import BootstrapConfig
-from pvsd.farm.ipxe import device_script, device_script_name, ipxe_bootstrap, unknown_device_script
 from pvsd.farm.records import Device, DeviceType, Server, ServerState
 
 

@@ -3,8 +3,8 @@ from __future__ import annotations
 import dataclasses
 import json
 
+from pvsd.boot.bootstrap import BootstrapCache, bootstrap_document
 from pvsd.config import BootstrapConfig
-from pvsd.farm.bootstrap import BootstrapCache, bootstrap_document
 from pvsd.farm.records import Server, ServerState
 
 

@@ -9,9 +9,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
-from pvsd.config import Config
-from pvsd.farm.bootstrap import BOOTSTRAP_NAME, BootstrapCache
-from pvsd.farm.ipxe import (
+from pvsd.boot.bootstrap import BOOTSTRAP_NAME, BootstrapCache
+from pvsd.boot.ipxe import (
     DEVICE_SCRIPT_PREFIX,
     IPXE_BOOTSTRAP_NAME,
     device_script,
@@ -19,6 +18,7 @@ from pvsd.farm.ipxe import (
     ipxe_bootstrap,
     unknown_device_script,
 )
+from pvsd.config import Config
 from pvsd.farm.records import Device, Server
 
 __all__ = ["BootFiles", "Publisher"]

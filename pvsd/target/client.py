@@ -20,7 +20,6 @@ import structlog
 from pvsd.config import TargetConfig
 from pvsd.errors import Failure
 from pvsd.net.reader import DecodeError
-from pvsd.stream.flow import Completion, Flow, Outgoing
 from pvsd.stream.wire import (
     HEADER_SIZE,
     MAGIC,
@@ -39,6 +38,7 @@ from pvsd.stream.wire import (
     decode,
     encode,
 )
+from pvsd.target.flow import Completion, Flow, Outgoing
 
 __all__ = ["Failover", "StreamClient", "StreamError", "payload_for_mtu"]
 
