@@ -1,19 +1,15 @@
-"""`pvsd target ...`: be a target from the command line: copy a whole vDisk, or test writes."""
+"""`pvsd target ...`: be a target from the command line: copy a whole vDisk, test writes, or run
+the agent that exports the streamed vDisk over NBD for QEMU."""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import hashlib
 import json
-import os
-import random
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from pvsd.boot.bootstrap import BOOTSTRAP_NAME
+from pvsd.cli.common import Commands, Handler, size_argument
 from pvsd.config import Config
 from pvsd.errors import BadInput, Failure
 from pvsd.log import get_logger
@@ -21,22 +17,16 @@ from pvsd.net.mac import parse_mac
 from pvsd.processes import run
 from pvsd.target.agent import run_agent
 from pvsd.target.client import StreamClient
+from pvsd.target.copy import copy_disk, write_and_check
 from pvsd.target.discovery import discover_proxy
 from pvsd.target.servers import Address, fetch_bootstrap, parse_servers
-from pvsd.units import format_size, parse_size
+from pvsd.units import format_size
 
-__all__ = ["copy_disk", "register"]
-
-Handler = Callable[[argparse.Namespace, Config], int]
-CHUNK = 4 << 20  # bytes per read handed to the flow; it splits them into bursts
-CHUNKS_IN_FLIGHT = 4
+__all__ = ["register"]
 
 
-def register(commands: Any, common: argparse.ArgumentParser) -> None:
-    help = "act as a target: log in by MAC and stream a vDisk"
-    target = commands.add_parser("target", help=help, description=help)
-    group = target.add_subparsers(title="commands", metavar="COMMAND", required=True)
-
+def register(commands: Commands) -> None:
+    target = commands.noun("target", "act as a target: log in by MAC and stream a vDisk")
     where = argparse.ArgumentParser(add_help=False)
     where.add_argument("--mac", required=True, help="the target's MAC address")
     servers = where.add_mutually_exclusive_group(required=False)
@@ -47,18 +37,14 @@ def register(commands: Any, common: argparse.ArgumentParser) -> None:
     where.add_argument("--json", action="store_true", help="print the result as JSON")
 
     def command(name: str, handler: Handler, help: str) -> argparse.ArgumentParser:
-        sub: argparse.ArgumentParser = group.add_parser(
-            name, parents=[common, where], help=help, description=help
-        )
-        sub.set_defaults(handler=handler)
-        return sub
+        return target.command(name, handler, help, [where])
 
     copy = command("copy", _copy, "read the whole disk into a file and print its sha256 and throughput")
     copy.add_argument(
         "--out", type=Path, required=True, metavar="FILE", help="where to write the disk (- for none)"
     )
     copy.add_argument(
-        "--rate", type=parse_size, metavar="BYTES", help="read at most this many bytes a second (e.g. 20M)"
+        "--rate", type=size_argument, metavar="BYTES", help="read at most this many bytes a second (e.g. 20M)"
     )
     boot = command("boot", _boot, "run the target agent: log in and export the vDisk over NBD for QEMU")
     boot.add_argument(
@@ -73,21 +59,15 @@ def register(commands: Any, common: argparse.ArgumentParser) -> None:
     export.add_argument("--nbd-unix", type=Path, metavar="PATH", help="listen on a unix socket instead")
     boot.add_argument("--export", default="vdisk", help="the NBD export name (vdisk)")
     boot.add_argument("--status", type=Path, metavar="FILE", help="status file (default [target] cache_dir)")
-    status = group.add_parser(
-        "status",
-        parents=[common],
-        help="show a running agent's status",
-        description="show a running agent's status",
-    )
-    status.set_defaults(handler=_status)
+    status = target.command("status", _status, "show a running agent's status")
     status.add_argument("--mac", required=True)
     status.add_argument(
         "--status", type=Path, metavar="FILE", help="status file (default [target] cache_dir)"
     )
     status.add_argument("--json", action="store_true", help="print the status as JSON")
     test = command("write-test", _write_test, "write a pattern, flush, read it back and compare")
-    test.add_argument("--offset", type=parse_size, default=0, metavar="BYTES", help="where to write (0)")
-    test.add_argument("--size", type=parse_size, default=1 << 20, metavar="BYTES", help="how much (1M)")
+    test.add_argument("--offset", type=size_argument, default=0, metavar="BYTES", help="where to write (0)")
+    test.add_argument("--size", type=size_argument, default=1 << 20, metavar="BYTES", help="how much (1M)")
     test.add_argument("--seed", type=int, default=1, help="pattern seed (1)")
 
 
@@ -171,66 +151,6 @@ def _client(args: argparse.Namespace, config: Config) -> StreamClient:
     return StreamClient(mac, _servers(args), config.target, get_logger("target"))
 
 
-async def copy_disk(client: StreamClient, out: Path | None, rate: int | None = None) -> dict[str, Any]:
-    """Read the whole disk in order (chunks in flight at once), at most `rate` bytes a second if
-    given; returns what the copy measured."""
-    reply = await client.connect()
-    size = reply.disk_size
-    digest = hashlib.sha256()
-    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644) if out is not None else None
-    started = time.monotonic()
-    try:
-        pending: list[asyncio.Task[bytes]] = []
-        sinking: asyncio.Future[None] | None = None
-        offset = 0
-        while offset < size or pending:
-            while offset < size and len(pending) < CHUNKS_IN_FLIGHT:
-                piece = CHUNK
-                if rate is not None:
-                    ahead = offset / rate - (time.monotonic() - started)
-                    if ahead > 0 and pending:
-                        break  # collect what is in flight first
-                    await asyncio.sleep(max(0.0, ahead))
-                    piece = max(1 << 20, min(CHUNK, rate // 8 // 512 * 512))
-                length = min(piece, size - offset)
-                pending.append(asyncio.create_task(client.read(offset, length)))
-                offset += length
-            chunk = await pending.pop(0)
-            # Hashing and writing run in a thread (both release the GIL), overlapping the next
-            # chunks' arrival; one at a time, so the hash sees the disk in order.
-            if sinking is not None:
-                await sinking
-            sinking = asyncio.ensure_future(asyncio.to_thread(_sink, digest, fd, chunk))
-        if sinking is not None:
-            await sinking
-        elapsed = time.monotonic() - started
-    finally:
-        if fd is not None:
-            os.close(fd)
-        stats = client.flow.stats if client.flow is not None else None
-        await client.close()
-    return {
-        "bytes": size,
-        "seconds": round(elapsed, 3),
-        "mb_per_s": round(size / elapsed / 1e6, 1) if elapsed else None,
-        "sha256": digest.hexdigest(),
-        "server": client.server_name,
-        "payload": reply.max_payload,
-        "burst": reply.max_burst,
-        "retransmits": getattr(stats, "retransmits", 0),
-        "failovers": [
-            {"from": f.from_server, "to": f.to_server, "stall_s": round(f.stall_s, 3)}
-            for f in client.stats.failovers
-        ],
-    }
-
-
-def _sink(digest: Any, fd: int | None, chunk: bytes) -> None:
-    digest.update(chunk)
-    if fd is not None:
-        os.write(fd, chunk)
-
-
 def _copy(args: argparse.Namespace, config: Config) -> int:
     out = None if str(args.out) == "-" else args.out
     result = run(copy_disk(_client(args, config), out, args.rate))
@@ -247,34 +167,8 @@ def _copy(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
-async def _write_and_check(client: StreamClient, offset: int, size: int, seed: int) -> dict[str, Any]:
-    reply = await client.connect()
-    try:
-        if offset % reply.sector_size or size % reply.sector_size or size <= 0:
-            raise BadInput(
-                f"--offset and --size must be positive multiples of the sector size {reply.sector_size}"
-            )
-        if offset + size > reply.disk_size:
-            raise BadInput(f"--offset + --size pass the end of the disk ({reply.disk_size} bytes)")
-        pattern = random.Random(seed).randbytes(size)  # noqa: S311 - a test pattern, not a secret
-        started = time.monotonic()
-        await client.write(offset, pattern)
-        await client.flush()
-        back = await client.read(offset, size)
-        elapsed = time.monotonic() - started
-    finally:
-        await client.close()
-    return {
-        "offset": offset,
-        "bytes": size,
-        "match": back == pattern,
-        "seconds": round(elapsed, 3),
-        "server": client.server_name,
-    }
-
-
 def _write_test(args: argparse.Namespace, config: Config) -> int:
-    result = run(_write_and_check(_client(args, config), args.offset, args.size, args.seed))
+    result = run(write_and_check(_client(args, config), args.offset, args.size, args.seed))
     if args.json:
         print(json.dumps(result))
     else:

@@ -5,24 +5,18 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from pvsd.cli.common import Commands, Handler
 from pvsd.config import Config
 from pvsd.errors import BadInput
 
 __all__ = ["register"]
 
-Handler = Callable[[argparse.Namespace, Config], int]
 
-
-def register(commands: Any, common: argparse.ArgumentParser) -> None:
-    """Add the `lab` command group to the parser's subcommands."""
-    help = "a PXE lab in network namespaces on this machine (needs root)"
-    lab = commands.add_parser("lab", help=help, description=help)
-    group = lab.add_subparsers(title="commands", metavar="COMMAND", required=True)
-
+def register(commands: Commands) -> None:
+    lab = commands.noun("lab", "a PXE lab in network namespaces on this machine (needs root)")
     # Every lab subcommand names the lab by its state folder.
     state = argparse.ArgumentParser(add_help=False)
     state.add_argument(
@@ -30,11 +24,7 @@ def register(commands: Any, common: argparse.ArgumentParser) -> None:
     )
 
     def command(name: str, handler: Handler, help: str) -> argparse.ArgumentParser:
-        sub: argparse.ArgumentParser = group.add_parser(
-            name, parents=[common, state], help=help, description=help
-        )
-        sub.set_defaults(handler=handler)
-        return sub
+        return lab.command(name, handler, help, [state])
 
     up = command("up", _up, "build the lab: bridge, site DHCP (dnsmasq), RAs, N pvsd servers, one farm")
     up.add_argument("--servers", type=int, default=2, metavar="N", help="how many pvsd servers (default 2)")

@@ -1,0 +1,146 @@
+"""`pvsd vdisk ...`: virtual disks, their versions, and which server holds which."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from pvsd.cli.common import (
+    Commands,
+    open_farm,
+    print_json,
+    print_table,
+    progress_bar,
+    size_argument,
+    with_json,
+)
+from pvsd.config import Config
+from pvsd.errors import BadInput
+from pvsd.farm.records import AccessMode, ReplicaState, VDisk, VersionState, WriteCache
+from pvsd.units import format_size
+from pvsd.vdisk.image import image_path, import_image
+
+__all__ = ["register"]
+
+
+def register(commands: Commands) -> None:
+    vdisk = commands.noun("vdisk", "virtual disks and their versions")
+    geometry = argparse.ArgumentParser(add_help=False)
+    geometry.add_argument("--sector-size", type=int, choices=(512, 4096), default=512)
+    geometry.add_argument("--mode", choices=[m.value for m in AccessMode], default=AccessMode.STANDARD.value)
+    geometry.add_argument(
+        "--cache",
+        choices=[c.value for c in WriteCache],
+        default=WriteCache.DEVICE.value,
+        help="standard mode: where writes go (device: the target's RAM and disk; server: an overlay)",
+    )
+    create = vdisk.command("create", _create, "record a new, empty vDisk (version 0)", [geometry])
+    create.add_argument("name")
+    create.add_argument(
+        "--size", type=size_argument, required=True, metavar="BYTES", help="e.g. 8589934592 or 8G"
+    )
+    imported = vdisk.command(
+        "import", _import, "copy a raw image into this server's store as the next version", [geometry]
+    )
+    imported.add_argument("name")
+    imported.add_argument("file", help="a raw disk image")
+    imported.add_argument("--quiet", action="store_true", help="no progress bar")
+    with_json(vdisk.command("list", _list, "list vDisks"))
+    replicas = with_json(vdisk.command("replicas", _replicas, "which server holds which version"))
+    replicas.add_argument("name", nargs="?", help="only this vDisk")
+    vdisk.command("remove", _remove, "remove a vDisk no device uses").add_argument("name")
+
+
+def _create(args: argparse.Namespace, config: Config) -> int:
+    vdisk = open_farm(config).create_vdisk(
+        args.name, args.size, sector_size=args.sector_size, mode=args.mode, cache=args.cache
+    )
+    print(f"vDisk {vdisk.name!r} created: {format_size(vdisk.size)}, {_mode_text(vdisk)}, version 0")
+    return 0
+
+
+def _mode_text(vdisk: VDisk) -> str:
+    if vdisk.mode is AccessMode.PRIVATE:
+        return "private mode"
+    return f"standard mode, write cache on the {vdisk.cache}"
+
+
+def _import(args: argparse.Namespace, config: Config) -> int:
+    """Copy a raw image into this server's store as the vDisk's next version, verified."""
+    store = open_farm(config)
+    source = Path(args.file)
+    try:
+        size = source.stat().st_size
+    except OSError as error:
+        raise BadInput(f"cannot read {source}: {error.strerror}") from None
+    existing = next((v for v in store.list_vdisks() if v.name == args.name), None)
+    if existing is None:
+        existing = store.create_vdisk(
+            args.name, size, sector_size=args.sector_size, mode=args.mode, cache=args.cache
+        )
+    elif existing.size != size:
+        raise BadInput(
+            f"{source} is {size} bytes but vDisk {args.name!r} is {existing.size}: "
+            "a new version must keep the disk's size"
+        )
+    number = max(v.number for v in existing.versions) + 1
+    destination = image_path(Path(config.server.store), args.name, number)
+    progress = progress_bar(f"importing {source.name}") if sys.stderr.isatty() and not args.quiet else None
+    result = import_image(source, destination, progress, sector_size=existing.sector_size)
+    version = store.add_version(args.name, VersionState.PRODUCTION, sha256=result.sha256)
+    servers = {s.name for s in store.list_servers()}
+    if config.server.name in servers:
+        store.report_replica(
+            config.server.name, args.name, version.number, result.sha256, ReplicaState.VERIFIED
+        )
+        held = f"replica on {config.server.name} verified"
+    else:
+        held = "servers using this store report their replica at their next scan"
+    print(
+        f"vDisk {args.name!r} version {version.number} imported: {format_size(result.size)}, "
+        f"sha256 {result.sha256}, {destination} ({held})"
+    )
+    return 0
+
+
+def _list(args: argparse.Namespace, config: Config) -> int:
+    vdisks = open_farm(config).list_vdisks()
+    if args.json:
+        print_json(vdisks)
+        return 0
+    print_table(
+        ["NAME", "SIZE", "MODE", "CACHE", "VERSIONS", "PRODUCTION"],
+        [
+            [
+                v.name,
+                format_size(v.size),
+                v.mode,
+                "-" if v.mode is AccessMode.PRIVATE else v.cache,
+                len(v.versions),
+                max((ver.number for ver in v.versions if ver.state == "production"), default="-"),
+            ]
+            for v in vdisks
+        ],
+        "no vDisks: create one with `pvsd vdisk create NAME --size BYTES`",
+    )
+    return 0
+
+
+def _replicas(args: argparse.Namespace, config: Config) -> int:
+    replicas = open_farm(config).list_replicas(args.name)
+    if args.json:
+        print_json(replicas)
+        return 0
+    print_table(
+        ["VDISK", "VERSION", "SERVER", "STATE", "SHA256"],
+        [[r.vdisk, r.version, r.server, r.state, (r.sha256 or "-")[:16]] for r in replicas],
+        "no replicas: servers report the images in their [server] store",
+    )
+    return 0
+
+
+def _remove(args: argparse.Namespace, config: Config) -> int:
+    open_farm(config).remove_vdisk(args.name)
+    print(f"vDisk {args.name!r} removed")
+    return 0
