@@ -333,6 +333,11 @@ class LoginConfig:
         "none", "subnet affinity when choosing the I/O server: none, best-effort or fixed", _affinity
     )
     affinity_prefix: int = _key(24, "the prefix length that makes a server and a target one subnet", _prefix)
+    max_pending: int = _key(
+        1024,
+        "logins waiting to be decided at once; more are dropped (counted, logged) and the targets retry",
+        _positive_int,
+    )
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ command was fine but something it needs failed (the database is unreachable).
 
 from __future__ import annotations
 
-__all__ = ["BadInput", "Failure", "PvsdError"]
+__all__ = ["BadInput", "Failure", "Misuse", "PvsdError"]
 
 
 class PvsdError(Exception):
@@ -26,3 +26,8 @@ class Failure(PvsdError):
     """The input is fine but something it depends on failed."""
 
     exit_code = 1
+
+
+class Misuse(RuntimeError):
+    """Our own code called an API out of order or with what it promised not to pass: a bug, never
+    the user's input. It is not a PvsdError, so the command line reports it as an internal error."""

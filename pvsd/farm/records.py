@@ -7,8 +7,8 @@ hosts whose clocks disagree still agree on how old a heartbeat is.
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
 __all__ = [
     "AccessMode",
@@ -16,7 +16,10 @@ __all__ = [
     "Device",
     "DeviceType",
     "Farm",
+    "FarmView",
+    "FreshLogin",
     "HeartbeatResult",
+    "Load",
     "Replica",
     "ReplicaState",
     "Server",
@@ -189,3 +192,41 @@ class AuditEntry:
     action: str
     subject: str
     detail: str
+
+
+@dataclass(frozen=True)
+class Load:
+    """Active sessions (seen within the login's window) per server and per (server, I/O port),
+    counted by the farm store, not listed."""
+
+    per_port: Mapping[tuple[str, int], int] = field(default_factory=dict)
+
+    def server(self, name: str) -> int:
+        return sum(count for (server, _), count in self.per_port.items() if server == name)
+
+    def port(self, server: str, port: int) -> int:
+        return self.per_port.get((server, port), 0)
+
+
+@dataclass(frozen=True)
+class FarmView:
+    """What one login is decided from, read from the farm store in one transaction."""
+
+    device: Device | None
+    vdisk: VDisk | None
+    servers: Sequence[Server]
+    replicas: Sequence[Replica]  # of this vDisk only
+    load: Load = field(default_factory=Load)  # the session being placed is not counted
+    holders: Sequence[Session] = ()  # other devices' active sessions of this vDisk (one private writer)
+    leaving: str | None = None  # a target coming back: the server its session was on
+
+
+@dataclass(frozen=True)
+class FreshLogin:
+    """What the store's login transaction did: what it read, the session it opened (None when the
+    login was refused), and whether it added the device first ([farm] auto_add)."""
+
+    view: FarmView
+    session: Session | None
+    added: bool = False
+    template_found: bool = True

@@ -33,7 +33,10 @@ from pvsd.farm.records import (
     Device,
     DeviceType,
     Farm,
+    FarmView,
+    FreshLogin,
     HeartbeatResult,
+    Load,
     Replica,
     ReplicaState,
     Server,
@@ -408,8 +411,10 @@ class FarmStore:
         return _server(row)
 
     def list_servers(self) -> list[Server]:
-        rows = self._run(False, lambda cursor: self._all(cursor, _SERVER_SELECT + " ORDER BY sv.name"))
-        return [_server(row) for row in rows]
+        return self._run(False, self._servers_in)
+
+    def _servers_in(self, cursor: Cursor) -> list[Server]:
+        return [_server(row) for row in self._all(cursor, _SERVER_SELECT + " ORDER BY sv.name")]
 
     def remove_server(self, name: str, dead_after: float) -> None:
         """Forget a server that is stopped or dead (its replicas and sessions go with it)."""
@@ -478,24 +483,23 @@ class FarmStore:
         return self._vdisks(None)
 
     def _vdisks(self, only: str | None) -> list[VDisk]:
-        def work(cursor: Cursor) -> tuple[list[Any], list[Any]]:
-            where, params = ("WHERE v.name = ?", (only,)) if only else ("", ())
-            disks = self._all(
-                cursor,
-                f"""SELECT v.name, v.size, v.sector_size, v.mode, v.created_at, v.cache
-                    FROM vdisks v {where} ORDER BY v.name""",
-                params,
-            )
-            versions = self._all(
-                cursor,
-                f"""SELECT v.name, vv.number, vv.state, vv.sha256, vv.created_at
-                    FROM vdisk_versions vv JOIN vdisks v ON v.id = vv.vdisk_id {where}
-                    ORDER BY v.name, vv.number""",
-                params,
-            )
-            return disks, versions
+        return self._run(False, lambda cursor: self._vdisks_in(cursor, only))
 
-        disks, versions = self._run(False, work)
+    def _vdisks_in(self, cursor: Cursor, only: str | None) -> list[VDisk]:
+        where, params = ("WHERE v.name = ?", (only,)) if only else ("", ())
+        disks = self._all(
+            cursor,
+            f"""SELECT v.name, v.size, v.sector_size, v.mode, v.created_at, v.cache
+                FROM vdisks v {where} ORDER BY v.name""",
+            params,
+        )
+        versions = self._all(
+            cursor,
+            f"""SELECT v.name, vv.number, vv.state, vv.sha256, vv.created_at
+                FROM vdisk_versions vv JOIN vdisks v ON v.id = vv.vdisk_id {where}
+                ORDER BY v.name, vv.number""",
+            params,
+        )
         by_disk: dict[str, list[VDiskVersion]] = {}
         for row in versions:
             by_disk.setdefault(row[0], []).append(
@@ -620,16 +624,16 @@ class FarmStore:
         return next(r for r in self.list_replicas(vdisk) if r.server == server and r.version == version)
 
     def list_replicas(self, vdisk: str | None = None) -> list[Replica]:
+        return self._run(False, lambda cursor: self._replicas_in(cursor, vdisk))
+
+    def _replicas_in(self, cursor: Cursor, vdisk: str | None) -> list[Replica]:
         where, params = ("WHERE v.name = ?", (vdisk,)) if vdisk else ("", ())
-        rows = self._run(
-            False,
-            lambda cursor: self._all(
-                cursor,
-                f"""SELECT sv.name, v.name, r.number, r.sha256, r.state, r.verified_at
-                    FROM replicas r JOIN servers sv ON sv.id = r.server_id JOIN vdisks v ON v.id = r.vdisk_id
-                    {where} ORDER BY v.name, r.number, sv.name""",
-                params,
-            ),
+        rows = self._all(
+            cursor,
+            f"""SELECT sv.name, v.name, r.number, r.sha256, r.state, r.verified_at
+                FROM replicas r JOIN servers sv ON sv.id = r.server_id JOIN vdisks v ON v.id = r.vdisk_id
+                {where} ORDER BY v.name, r.number, sv.name""",
+            params,
         )
         return [
             Replica(
@@ -652,28 +656,34 @@ class FarmStore:
         mac = parse_mac(mac)
         check_name("device", name)
         type = DeviceType(type)
-
-        def work(cursor: Cursor) -> None:
-            existing = self._one(cursor, "SELECT name FROM devices WHERE mac = ?", (mac,))
-            if existing:
-                raise AlreadyExists(f"device {mac} exists already (named {existing[0]!r})")
-            existing = self._one(cursor, "SELECT mac FROM devices WHERE name = ?", (name,))
-            if existing:
-                raise AlreadyExists(f"a device named {name!r} exists already (MAC {existing[0]})")
-            vdisk_id = self._optional_id(cursor, "vdisks", vdisk, "vDisk")
-            site_id = self._optional_id(cursor, "sites", site, "site")
-            self._exec(
-                cursor,
-                """INSERT INTO devices (mac, name, site_id, vdisk_id, enabled, type, created_at)
-                   VALUES (?, ?, ?, ?, ?, ?, {now})""",
-                (mac, name, site_id, vdisk_id, enabled, type),
-            )
-            self._audit(
-                cursor, "device.add", mac, name=name, vdisk=vdisk, site=site, type=type, enabled=enabled
-            )
-
-        self._run(True, work)
+        self._run(True, lambda cursor: self._add_device_in(cursor, mac, name, vdisk, site, type, enabled))
         return self.get_device(mac)
+
+    def _add_device_in(
+        self,
+        cursor: Cursor,
+        mac: str,
+        name: str,
+        vdisk: str | None,
+        site: str | None,
+        type: DeviceType,
+        enabled: bool,
+    ) -> None:
+        existing = self._one(cursor, "SELECT name FROM devices WHERE mac = ?", (mac,))
+        if existing:
+            raise AlreadyExists(f"device {mac} exists already (named {existing[0]!r})")
+        existing = self._one(cursor, "SELECT mac FROM devices WHERE name = ?", (name,))
+        if existing:
+            raise AlreadyExists(f"a device named {name!r} exists already (MAC {existing[0]})")
+        vdisk_id = self._optional_id(cursor, "vdisks", vdisk, "vDisk")
+        site_id = self._optional_id(cursor, "sites", site, "site")
+        self._exec(
+            cursor,
+            """INSERT INTO devices (mac, name, site_id, vdisk_id, enabled, type, created_at)
+               VALUES (?, ?, ?, ?, ?, ?, {now})""",
+            (mac, name, site_id, vdisk_id, enabled, type),
+        )
+        self._audit(cursor, "device.add", mac, name=name, vdisk=vdisk, site=site, type=type, enabled=enabled)
 
     def get_device(self, mac: str) -> Device:
         mac = parse_mac(mac)
@@ -757,24 +767,126 @@ class FarmStore:
     def open_session(self, mac: str, server: str, io_port: int) -> Session:
         """Record a target's session on a server, replacing any earlier session of that device."""
         mac = parse_mac(mac)
+        return self._run(True, lambda cursor: self._open_session_in(cursor, mac, server, io_port))
 
-        def work(cursor: Cursor) -> int:
-            device_id = self._id(cursor, "devices", "mac", mac, "device")
-            server_id = self._id(cursor, "servers", "name", server, "server")
-            self._exec(cursor, "DELETE FROM sessions WHERE device_id = ?", (device_id,))
-            session_id = int(
-                self._one(
-                    cursor,
-                    "INSERT INTO sessions (device_id, server_id, io_port, since, last_seen) "
-                    "VALUES (?, ?, ?, {now}, {now}) RETURNING id",
-                    (device_id, server_id, io_port),
-                )[0]
+    def _open_session_in(self, cursor: Cursor, mac: str, server: str, io_port: int) -> Session:
+        row = self._one(cursor, "SELECT id, name FROM devices WHERE mac = ?", (mac,))
+        if row is None:
+            raise NotFound(f"no device {mac} in the farm")
+        device_id, device_name = int(row[0]), str(row[1])
+        server_id = self._id(cursor, "servers", "name", server, "server")
+        self._exec(cursor, "DELETE FROM sessions WHERE device_id = ?", (device_id,))
+        session_id, since = self._one(
+            cursor,
+            "INSERT INTO sessions (device_id, server_id, io_port, since, last_seen) "
+            "VALUES (?, ?, ?, {now}, {now}) RETURNING id, since",
+            (device_id, server_id, io_port),
+        )
+        self._audit(cursor, "session.open", mac, server=server, io_port=io_port, session=int(session_id))
+        vdisk = self._one(
+            cursor,
+            "SELECT v.name FROM devices d JOIN vdisks v ON v.id = d.vdisk_id WHERE d.id = ?",
+            (device_id,),
+        )
+        return Session(
+            int(session_id), mac, device_name, server, io_port, since, since, vdisk[0] if vdisk else None, 0.0
+        )
+
+    # -- logins -------------------------------------------------------------------------------------
+
+    def fresh_login(
+        self,
+        mac: str,
+        *,
+        active_within: float,
+        auto_add: bool,
+        template: str,
+        choose: Callable[[FarmView], tuple[str, int] | None],
+    ) -> FreshLogin:
+        """A fresh login in one write transaction: read what it is decided from (adding the device
+        first with [farm] auto_add), let `choose` decide, and open the session on the server and
+        I/O port it names. `choose` returns None to refuse; it runs inside the transaction, so
+        logins decided one after the other see each other's sessions."""
+        mac = parse_mac(mac)
+
+        def work(cursor: Cursor) -> FreshLogin:
+            row = self._one(cursor, _DEVICE_SELECT + " WHERE d.mac = ?", (mac,))
+            added, template_found = False, True
+            if row is None and auto_add:
+                template_found = self._auto_add_in(cursor, mac, template)
+                row = self._one(cursor, _DEVICE_SELECT + " WHERE d.mac = ?", (mac,))
+                added = True
+            device = _device(row) if row is not None else None
+            vdisk = None
+            if device is not None and device.vdisk is not None:
+                vdisk = next(iter(self._vdisks_in(cursor, device.vdisk)), None)
+            view = FarmView(
+                device=device,
+                vdisk=vdisk,
+                servers=self._servers_in(cursor),
+                replicas=self._replicas_in(cursor, vdisk.name) if vdisk else [],
+                load=self._load_in(cursor, active_within, exclude=None),
+                holders=self._holders_in(cursor, vdisk.name, mac, active_within) if vdisk else [],
             )
-            self._audit(cursor, "session.open", mac, server=server, io_port=io_port, session=session_id)
-            return session_id
+            plan = choose(view)
+            session = None if plan is None else self._open_session_in(cursor, mac, *plan)
+            return FreshLogin(view, session, added, template_found)
 
-        session_id = self._run(True, work)
-        return next(s for s in self.list_sessions() if s.id == session_id)
+        return self._run(True, work)
+
+    def _auto_add_in(self, cursor: Cursor, mac: str, template: str) -> bool:
+        """Add an unknown device as a copy of the template device; False if there is no such template."""
+        model = None
+        if template:
+            model = self._one(cursor, _DEVICE_SELECT + " WHERE d.name = ?", (template,))
+        base = _device(model) if model is not None else None
+        self._add_device_in(
+            cursor,
+            mac,
+            "auto-" + mac.replace(":", ""),
+            base.vdisk if base else None,
+            base.site if base else None,
+            base.type if base else DeviceType.PRODUCTION,
+            True,
+        )
+        return base is not None or not template
+
+    def resume_view(self, session_id: int, vdisk: str, active_within: float) -> FarmView:
+        """What placing a target that comes back with its ticket needs, in one read transaction."""
+
+        def work(cursor: Cursor) -> FarmView:
+            leaving = self._one(
+                cursor,
+                "SELECT sv.name FROM sessions se JOIN servers sv ON sv.id = se.server_id WHERE se.id = ?",
+                (session_id,),
+            )
+            return FarmView(
+                device=None,
+                vdisk=next(iter(self._vdisks_in(cursor, vdisk)), None),
+                servers=self._servers_in(cursor),
+                replicas=self._replicas_in(cursor, vdisk),
+                load=self._load_in(cursor, active_within, exclude=session_id),
+                leaving=leaving[0] if leaving else None,
+            )
+
+        return self._run(False, work)
+
+    def _load_in(self, cursor: Cursor, active_within: float, exclude: int | None) -> Load:
+        rows = self._all(
+            cursor,
+            """SELECT sv.name, se.io_port, COUNT(*) FROM sessions se JOIN servers sv ON sv.id = se.server_id
+               WHERE {now} - se.last_seen <= ? AND se.id <> ? GROUP BY sv.name, se.io_port""",
+            (active_within, -1 if exclude is None else exclude),
+        )
+        return Load({(str(row[0]), int(row[1])): int(row[2]) for row in rows})
+
+    def _holders_in(self, cursor: Cursor, vdisk: str, mac: str, active_within: float) -> list[Session]:
+        rows = self._all(
+            cursor,
+            _SESSION_SELECT + " WHERE v.name = ? AND d.mac <> ? AND {now} - se.last_seen <= ? ORDER BY se.id",
+            (vdisk, mac, active_within),
+        )
+        return [Session(*row) for row in rows]
 
     def resume_session(self, session_id: int, mac: str, server: str, io_port: int) -> Session:
         """A target that logged in again with its ticket keeps its session id on its new server."""

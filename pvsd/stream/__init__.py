@@ -2,13 +2,17 @@
 tickets, the login decision and placement, the login service and the I/O worker processes."""
 
 from pvsd.stream.service import StreamService
-from pvsd.stream.ticket import Claims, TicketError, TicketProblem, issue_ticket, verify_ticket
+from pvsd.stream.session import StreamServer
+from pvsd.stream.ticket import Claims, TicketError, issue_ticket, verify_ticket
+from pvsd.stream.wire import ErrorCode, StreamRefusal
 
 __all__ = [
     "Claims",
+    "ErrorCode",
+    "StreamRefusal",
+    "StreamServer",
     "StreamService",
     "TicketError",
-    "TicketProblem",
     "issue_ticket",
     "verify_ticket",
 ]

@@ -1,78 +1,46 @@
-"""The I/O service of one worker process: targets' reads and writes on one UDP port.
+"""The I/O service of one worker process, the glue: a UDP port, the pure `StreamServer`, and disks.
 
-A target attaches by sending its LOGIN (with the ticket the login server gave it) to the
-I/O port. The worker checks the ticket with the farm secret alone, opens the vDisk image
-and, for a standard vDisk cached on the server, the device's overlay; from then on
-requests name the session id and must come from the address that attached.
-
-Images are memory-mapped once per worker and shared by every session reading them, so
-twenty targets reading the same blocks cost one page-cache read. Each READ is answered by
-a burst of DATA datagrams sent in one segmented (UDP_SEGMENT) system call.
+Every datagram goes to the state machine (session.py); its actions are carried out here.
+Reads are memory copies from the shared mapped image (and the overlay) and run on the event
+loop; each READ is answered by a burst of DATA sent in one segmented (UDP_SEGMENT) call.
+Opening, writing, syncing and closing a disk block on the filesystem, so they run in threads,
+one device's in order (a lane per MAC): one target's FLUSH never delays another's reads.
 """
 
 from __future__ import annotations
 
-import collections
+import asyncio
 import errno
-import fcntl
-import mmap
-import os
-import struct
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import structlog
 
-from pvsd.net.reader import DecodeError
+from pvsd.errors import Misuse
 from pvsd.net.udp import Address, UdpEndpoint
-from pvsd.stream.ticket import CacheType, Claims, TicketError, TicketProblem, verify_ticket
-from pvsd.stream.wire import (
-    HEADER_SIZE,
-    MAGIC,
-    VERSION,
-    ErrorCode,
-    ErrorReply,
-    Flush,
-    Keepalive,
-    Login,
-    Logout,
-    MessageType,
-    Read,
-    Write,
-    WriteAck,
-    decode,
-    encode,
+from pvsd.stream.session import (
+    Action,
+    Attached,
+    CloseDisk,
+    Dropped,
+    IoLimits,
+    IoStats,
+    OpenDisk,
+    Refuse,
+    Send,
+    SendRead,
+    StreamServer,
+    SyncDisk,
+    WriteDisk,
 )
-from pvsd.vdisk.image import image_path
-from pvsd.vdisk.overlay import Overlay
+from pvsd.stream.ticket import CacheType
+from pvsd.stream.wire import ErrorCode, StreamRefusal, data_burst
+from pvsd.vdisk.served import DiskSpec, SessionDisk, SharedImages, WriterBusy
 
-__all__ = ["TICKET_ERRORS", "IoServer", "IoSettings", "IoStats", "fit_error"]
-
-TICKET_ERRORS: dict[TicketProblem, ErrorCode] = {
-    TicketProblem.MALFORMED: ErrorCode.TICKET_MALFORMED,
-    TicketProblem.WRONG_FARM: ErrorCode.TICKET_WRONG_FARM,
-    TicketProblem.TAMPERED: ErrorCode.TICKET_TAMPERED,
-    TicketProblem.EXPIRED: ErrorCode.TICKET_EXPIRED,
-    TicketProblem.NOT_YET_VALID: ErrorCode.TICKET_NOT_YET_VALID,
-}
-
-_DATA_HEAD = struct.Struct("!HBBHIQQ")  # the header, then the DATA offset
-_READ = struct.Struct("!HBBHIQQI")  # a whole READ: the header, offset and length
-_REMEMBERED_WRITES = 4096
-# Requests are aligned to 512 bytes whatever the vDisk's sector size: a 4096-byte-sector disk's
-# requests are multiples of it anyway.
-SECTOR = 512  # (session, sequence) pairs kept to re-ack duplicates
-
-
-def fit_error(code: ErrorCode, message: str, request_id: int, session: int, limit: int) -> bytes:
-    """An ERROR reply no larger than the request it answers (no amplification)."""
-    reply = encode(ErrorReply(code, message), request_id, session)
-    if len(reply) <= limit:
-        return reply
-    room = max(0, len(message.encode()) - (len(reply) - limit))
-    return encode(ErrorReply(code, message.encode()[:room].decode(errors="ignore")), request_id, session)
+__all__ = ["IoServer", "IoSettings", "IoStats"]
 
 
 @dataclass(frozen=True)
@@ -85,56 +53,12 @@ class IoSettings:
     idle_timeout: float
 
 
-@dataclass
-class IoStats:
-    sessions: int = 0
-    reads: int = 0
-    bytes_read: int = 0
-    writes: int = 0
-    bytes_written: int = 0
-    duplicate_writes: int = 0
-    flushes: int = 0
-    refused: int = 0
-    malformed: int = 0
+class _Lane:
+    """One device's disk work, run in order in threads."""
 
-
-class Image:
-    """One vDisk version's image, mapped once and shared by the sessions of this worker."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.fd = os.open(path, os.O_RDONLY)
-        self.size = os.fstat(self.fd).st_size
-        self.map = mmap.mmap(self.fd, self.size, prot=mmap.PROT_READ)
+    def __init__(self) -> None:
+        self.lock = asyncio.Lock()
         self.users = 0
-
-    def read(self, offset: int, length: int) -> bytes:
-        return self.map[offset : offset + length]
-
-    def close(self) -> None:
-        self.map.close()
-        os.close(self.fd)
-
-
-@dataclass
-class StreamSession:
-    claims: Claims
-    peer: Address
-    image: Image
-    payload: int
-    overlay: Overlay | None = None
-    writer_fd: int | None = None  # private mode: the image opened for writing, under an exclusive lock
-    last_seen: float = 0.0
-    applied: collections.OrderedDict[int, None] = field(default_factory=collections.OrderedDict)
-
-    @property
-    def size(self) -> int:
-        return self.image.size
-
-    def read(self, offset: int, length: int) -> bytes:
-        if self.overlay is not None:
-            return self.overlay.read(offset, length, self.image.read)
-        return self.image.read(offset, length)
 
 
 class IoServer:
@@ -144,310 +68,207 @@ class IoServer:
         self,
         settings: IoSettings,
         log: structlog.stdlib.BoundLogger,
-        clock: Callable[[], float] = time.monotonic,
         on_closed: Callable[[int], None] | None = None,
     ) -> None:
         self.settings = settings
         self.log = log
-        self.clock = clock
         self.on_closed = on_closed
-        self.stats = IoStats()
-        self.sessions: dict[int, StreamSession] = {}
+        self.core = StreamServer(
+            settings.secret, IoLimits(settings.max_payload, settings.max_burst, settings.idle_timeout)
+        )
+        self.images = SharedImages()
         self.endpoint: UdpEndpoint | None = None
-        self._images: dict[Path, Image] = {}
+        self._disks: dict[int, SessionDisk] = {}
+        self._lanes: dict[str, _Lane] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def stats(self) -> IoStats:
+        return self.core.stats
+
+    @property
+    def session_ids(self) -> list[int]:
+        return self.core.session_ids
 
     def bind(self, host: str, port: int) -> None:
+        self._loop = asyncio.get_running_loop()
         self.endpoint = UdpEndpoint.bind(host, port, self.datagram_received)
 
-    def close(self) -> None:
-        for session_id in list(self.sessions):
-            self._end(session_id, "server stopping")
+    async def close(self) -> None:
+        """End every session, wait for their disks to close, then close the port."""
+        self._apply(self.core.close_all("server stopping"))
+        while self._tasks:
+            await asyncio.wait(set(self._tasks))
         if self.endpoint is not None:
             self.endpoint.close()
 
-    # -- the request path ---------------------------------------------------------------------------
-
     def datagram_received(self, data: bytes, peer: Address) -> None:
-        if len(data) >= HEADER_SIZE and data[3] == MessageType.READ and len(data) == HEADER_SIZE + 12:
-            self._fast_read(data, peer)
-            return
-        try:
-            header, message = decode(data)
-        except DecodeError as error:
-            self.stats.malformed += 1
-            self.log.debug("dropped a malformed datagram", peer=f"{peer[0]}:{peer[1]}", reason=str(error))
-            return
-        try:
-            if isinstance(message, Login):
-                self._attach(header.request_id, header.session, message, peer, len(data))
-                return
-            session = self._session(header.session, peer)
-            if session is None:
-                self._refuse(
-                    ErrorCode.UNKNOWN_SESSION,
-                    "log in again",
-                    header.request_id,
-                    header.session,
-                    peer,
-                    len(data),
-                )
-                return
-            session.last_seen = self.clock()
-            if isinstance(message, Read):
-                self._read(session, header.request_id, message.offset, message.length, len(data))
-            elif isinstance(message, Write):
-                self._write(session, header.request_id, message)
-            elif isinstance(message, Flush):
-                self._flush(session, header.request_id, message.sequence)
-            elif isinstance(message, Keepalive):
-                self._send(encode(Keepalive(), header.request_id, header.session), peer)
-            elif isinstance(message, Logout):
-                self._end(header.session, "logged out")
-                self._send(encode(Logout(), header.request_id, header.session), peer)
-            else:
-                self._refuse(
-                    ErrorCode.BAD_REQUEST,
-                    "not an I/O request",
-                    header.request_id,
-                    header.session,
-                    peer,
-                    len(data),
-                )
-        except OSError as error:
-            # A disk error is the target's problem to retry, never the worker's end.
-            self.log.error(
-                "I/O failed", peer=f"{peer[0]}:{peer[1]}", session=header.session, error=str(error)
-            )
-
-    def _fast_read(self, data: bytes, peer: Address) -> None:
-        """READ is most of the traffic: parse it with one unpack instead of the general decoder."""
-        magic, version, _, _, request_id, session_id, offset, length = _READ.unpack(data)
-        if magic != MAGIC or version != VERSION:
-            self.stats.malformed += 1
-            return
-        session = self._session(session_id, peer)
-        if session is None:
-            self._refuse(ErrorCode.UNKNOWN_SESSION, "log in again", request_id, session_id, peer, len(data))
-            return
-        session.last_seen = self.clock()
-        self._read(session, request_id, offset, length, len(data))
-
-    def _session(self, session_id: int, peer: Address) -> StreamSession | None:
-        session = self.sessions.get(session_id)
-        if session is None or session.peer != peer:
-            return None
-        return session
-
-    def _read(self, session: StreamSession, request_id: int, offset: int, length: int, size: int) -> None:
-        if length == 0 or length > self.settings.max_burst or offset % SECTOR or length % SECTOR:
-            self._refuse_session(
-                session, ErrorCode.BAD_REQUEST, "misaligned or oversized read", request_id, size
-            )
-            return
-        if offset + length > session.size:
-            self._refuse_session(session, ErrorCode.OUT_OF_RANGE, "read past the disk", request_id, size)
-            return
-        data = session.read(offset, length)
-        payload = session.payload
-        pack = _DATA_HEAD.pack
-        session_id = session.claims.session
-        datagrams = [
-            pack(MAGIC, VERSION, MessageType.DATA, 0, request_id, session_id, offset + start)
-            + data[start : start + payload]
-            for start in range(0, length, payload)
-        ]
-        assert self.endpoint is not None
-        self.endpoint.send_many(datagrams, session.peer)
-        self.stats.reads += 1
-        self.stats.bytes_read += length
-
-    def _write(self, session: StreamSession, request_id: int, write: Write) -> None:
-        ack = encode(WriteAck(write.sequence), request_id, session.claims.session)
-        if write.sequence in session.applied:
-            self.stats.duplicate_writes += 1
-            self._send(ack, session.peer)
-            return
-        if not write.payload or write.offset % SECTOR or len(write.payload) % SECTOR:
-            self._refuse_session(session, ErrorCode.BAD_REQUEST, "misaligned write", request_id, 0)
-            return
-        if write.offset + len(write.payload) > session.size:
-            self._refuse_session(session, ErrorCode.OUT_OF_RANGE, "write past the disk", request_id, 0)
-            return
-        if session.writer_fd is not None:
-            os.pwrite(session.writer_fd, write.payload, write.offset)
-        elif session.overlay is not None:
-            session.overlay.write(write.offset, write.payload)
-        else:
-            self._refuse_session(
-                session, ErrorCode.READ_ONLY, "this vDisk's writes stay on the device", request_id, 0
-            )
-            return
-        session.applied[write.sequence] = None
-        if len(session.applied) > _REMEMBERED_WRITES:
-            session.applied.popitem(last=False)
-        self.stats.writes += 1
-        self.stats.bytes_written += len(write.payload)
-        self._send(ack, session.peer)
-
-    def _flush(self, session: StreamSession, request_id: int, sequence: int) -> None:
-        if session.writer_fd is not None:
-            os.fsync(session.writer_fd)
-        elif session.overlay is not None:
-            session.overlay.flush()
-        self.stats.flushes += 1
-        self._send(encode(WriteAck(sequence), request_id, session.claims.session), session.peer)
-
-    # -- attaching and ending sessions --------------------------------------------------------------
-
-    def _attach(self, request_id: int, session_id: int, login: Login, peer: Address, size: int) -> None:
-        header_session = session_id
-        try:
-            claims = verify_ticket(self.settings.secret, login.ticket, int(time.time() * 1000))
-        except TicketError as error:
-            self.stats.refused += 1
-            self.log.warning(
-                "ticket refused at attach", peer=f"{peer[0]}:{peer[1]}", mac=login.mac, reason=str(error)
-            )
-            self._send(fit_error(TICKET_ERRORS[error.problem], str(error), request_id, 0, size), peer)
-            return
-        log = self.log.bind(peer=f"{peer[0]}:{peer[1]}", mac=login.mac, session=claims.session)
-        if claims.mac != login.mac:
-            self.stats.refused += 1
-            log.warning("ticket names another device", ticket_mac=claims.mac)
-            self._send(
-                fit_error(
-                    ErrorCode.TICKET_OTHER_DEVICE, "the ticket names another device", request_id, 0, size
-                ),
-                peer,
-            )
-            return
-        if header_session != claims.session:
-            self._send(
-                fit_error(ErrorCode.BAD_REQUEST, "session id differs from the ticket's", request_id, 0, size),
-                peer,
-            )
-            return
-        existing = self.sessions.get(claims.session)
-        if existing is not None and existing.peer == peer:
-            existing.last_seen = self.clock()
-            self._send(encode(Keepalive(), request_id, claims.session), peer)  # a retransmitted attach
-            return
-        for other_id, other in list(self.sessions.items()):
-            if other.claims.mac == claims.mac:
-                self._end(other_id, "the device attached again")
-        try:
-            session = self._open(claims, peer, login.max_payload)
-        except _Refused as refused:
-            self.stats.refused += 1
-            log.warning("attach refused", code=refused.code.name, reason=refused.reason)
-            self._send(fit_error(refused.code, refused.reason, request_id, claims.session, size), peer)
-            return
-        self.sessions[claims.session] = session
-        self.stats.sessions = len(self.sessions)
-        log.info(
-            "session attached",
-            vdisk=claims.vdisk,
-            version=claims.version,
-            mode="private" if claims.private else "standard",
-            cache=claims.cache.name.lower(),
-            payload=session.payload,
-        )
-        self._send(encode(Keepalive(), request_id, claims.session), peer)
-
-    def _open(self, claims: Claims, peer: Address, offered_payload: int) -> StreamSession:
-        path = image_path(self.settings.store, claims.vdisk, claims.version)
-        image = self._images.get(path)
-        if image is None:
-            try:
-                image = Image(path)
-            except OSError as error:
-                raise _Refused(
-                    ErrorCode.NO_SERVER,
-                    f"this server cannot open {claims.vdisk} v{claims.version}: {error.strerror}",
-                ) from None
-            self._images[path] = image
-        payload = max(512, min(offered_payload, self.settings.max_payload))
-        session = StreamSession(claims, peer, image, payload, last_seen=self.clock())
-        try:
-            if claims.private:
-                session.writer_fd = _lock_for_writing(path)
-            elif claims.cache is CacheType.SERVER:
-                session.overlay = Overlay.open(
-                    self.settings.cache_dir, claims.mac, image.size, SECTOR, claims.session
-                )
-        except _Refused:
-            self._release_image(image)
-            raise
-        image.users += 1
-        return session
-
-    def _end(self, session_id: int, why: str) -> None:
-        session = self.sessions.pop(session_id, None)
-        if session is None:
-            return
-        self.stats.sessions = len(self.sessions)
-        if session.overlay is not None:
-            session.overlay.close()
-        if session.writer_fd is not None:
-            os.fsync(session.writer_fd)
-            os.close(session.writer_fd)  # closing the descriptor releases the single-writer lock
-        session.image.users -= 1
-        self._release_image(session.image)
-        self.log.info("session ended", session=session_id, mac=session.claims.mac, why=why)
-        if self.on_closed is not None:
-            self.on_closed(session_id)
-
-    def _release_image(self, image: Image) -> None:
-        if image.users <= 0 and self._images.get(image.path) is image:
-            del self._images[image.path]
-            image.close()
+        self._apply(self.core.receive(data, peer, self._now(), int(time.time() * 1000)))
 
     def expire_idle(self) -> None:
-        limit = self.clock() - self.settings.idle_timeout
-        for session_id, session in list(self.sessions.items()):
-            if session.last_seen < limit:
-                self._end(session_id, f"idle for {self.settings.idle_timeout:g} s")
+        self._apply(self.core.expire(self._now()))
 
-    # -- replies ----------------------------------------------------------------------------------
+    def _now(self) -> float:
+        if self._loop is None:
+            raise Misuse("IoServer.bind() first")
+        return self._loop.time()
+
+    # -- carrying out the state machine's actions -------------------------------------------------------
+
+    def _apply(self, actions: list[Action]) -> None:
+        for action in actions:
+            if isinstance(action, SendRead):
+                self._send_read(action)
+            elif isinstance(action, Send):
+                self._send(action.datagram, action.peer)
+            elif isinstance(action, Refuse):
+                self._refused(action)
+            elif isinstance(action, WriteDisk):
+                self._in_lane(action.mac, self._write(action))
+            elif isinstance(action, SyncDisk):
+                self._in_lane(action.mac, self._sync(action))
+            elif isinstance(action, OpenDisk):
+                self._in_lane(action.claims.mac, self._open(action))
+            elif isinstance(action, CloseDisk):
+                disk = self._disks.pop(action.session, None)
+                self.log.info("session ended", session=action.session, mac=action.mac, why=action.why)
+                self._in_lane(action.mac, self._close(action, disk))
+            elif isinstance(action, Attached):
+                claims = action.claims
+                self.log.info(
+                    "session attached",
+                    peer=f"{action.peer[0]}:{action.peer[1]}",
+                    mac=claims.mac,
+                    session=claims.session,
+                    vdisk=claims.vdisk,
+                    version=claims.version,
+                    mode="private" if claims.private else "standard",
+                    cache=claims.cache.name.lower(),
+                    payload=action.payload,
+                )
+            elif isinstance(action, Dropped):
+                self.log.debug(
+                    "dropped a malformed datagram",
+                    peer=f"{action.peer[0]}:{action.peer[1]}",
+                    reason=action.reason,
+                )
+
+    def _send_read(self, action: SendRead) -> None:
+        disk = self._disks.get(action.session)
+        if disk is None:
+            return
+        try:
+            data = disk.read(action.offset, action.length)
+        except (OSError, ValueError) as error:
+            # A disk error is the target's to retry (it times out and asks again), never the worker's end.
+            self.log.error("read failed", session=action.session, offset=action.offset, error=str(error))
+            return
+        if self.endpoint is not None:
+            datagrams = data_burst(action.request_id, action.session, action.offset, data, action.payload)
+            self.endpoint.send_many(datagrams, action.peer)
+
+    def _in_lane(self, mac: str, work: Coroutine[Any, Any, None]) -> None:
+        lane = self._lanes.get(mac)
+        if lane is None:
+            lane = self._lanes[mac] = _Lane()
+        lane.users += 1
+
+        async def run() -> None:
+            try:
+                async with lane.lock:
+                    await work
+            finally:
+                lane.users -= 1
+                if not lane.users and self._lanes.get(mac) is lane:
+                    del self._lanes[mac]
+
+        task = asyncio.create_task(run())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _open(self, request: OpenDisk) -> None:
+        claims = request.claims
+        spec = DiskSpec(
+            store=self.settings.store,
+            vdisk=claims.vdisk,
+            version=claims.version,
+            mac=claims.mac,
+            session=claims.session,
+            private=claims.private,
+            overlay_dir=self.settings.cache_dir if claims.cache is CacheType.SERVER else None,
+        )
+        try:
+            disk = await asyncio.to_thread(SessionDisk.open, self.images, spec)
+        except WriterBusy:
+            refusal = StreamRefusal(ErrorCode.PRIVATE_IN_USE, "another session writes this private vDisk")
+            self._apply(self.core.open_failed(request, refusal))
+            return
+        except (OSError, ValueError) as error:
+            reason = getattr(error, "strerror", None) or str(error)
+            refusal = StreamRefusal(
+                ErrorCode.NO_SERVER, f"this server cannot open {claims.vdisk} v{claims.version}: {reason}"
+            )
+            self._apply(self.core.open_failed(request, refusal))
+            return
+        if not self.core.still_opening(request):
+            await asyncio.to_thread(disk.close)  # the device attached again while this one opened
+            return
+        self._disks[claims.session] = disk
+        self._apply(self.core.opened(request, disk.size, disk.writable, self._now()))
+
+    async def _write(self, write: WriteDisk) -> None:
+        disk = self._disks.get(write.session)
+        if disk is None:
+            return
+        error: int | None = None
+        try:
+            await asyncio.to_thread(disk.write, write.offset, write.data)
+        except OSError as failure:
+            error = failure.errno or errno.EIO
+            self.log.error("write failed", session=write.session, offset=write.offset, error=str(failure))
+        self._apply(self.core.written(write, error))
+
+    async def _sync(self, sync: SyncDisk) -> None:
+        disk = self._disks.get(sync.session)
+        if disk is None:
+            return
+        error: int | None = None
+        try:
+            await asyncio.to_thread(disk.sync)
+        except OSError as failure:
+            error = failure.errno or errno.EIO
+            self.log.error("flush failed", session=sync.session, error=str(failure))
+        self._apply(self.core.synced(sync, error))
+
+    async def _close(self, action: CloseDisk, disk: SessionDisk | None) -> None:
+        if disk is not None:
+            try:
+                await asyncio.to_thread(disk.close)
+            except OSError as error:
+                self.log.error("closing a session's disk failed", session=action.session, error=str(error))
+        if self.on_closed is not None:
+            self.on_closed(action.session)
+
+    # -- replies ----------------------------------------------------------------------------------------
 
     def _send(self, data: bytes, peer: Address) -> None:
-        assert self.endpoint is not None
-        self.endpoint.send(data, peer)
+        if self.endpoint is not None:
+            self.endpoint.send(data, peer)
 
-    def _refuse(
-        self, code: ErrorCode, reason: str, request_id: int, session: int, peer: Address, size: int
-    ) -> None:
-        self.stats.refused += 1
-        # An unknown session is routine (a target whose server restarted, or stray datagrams):
-        # debug, so a flood cannot fill the log; the target logs in again and says so itself.
-        level = self.log.debug if code is ErrorCode.UNKNOWN_SESSION else self.log.info
-        level("request refused", peer=f"{peer[0]}:{peer[1]}", code=code.name, reason=reason)
-        self._send(fit_error(code, reason, request_id, session, size), peer)
-
-    def _refuse_session(
-        self, session: StreamSession, code: ErrorCode, reason: str, request_id: int, size: int
-    ) -> None:
-        self.stats.refused += 1
-        self.log.info("request refused", session=session.claims.session, code=code.name, reason=reason)
-        limit = size or 1 << 16  # a WRITE is large: its error always fits
-        self._send(fit_error(code, reason, request_id, session.claims.session, limit), session.peer)
-
-
-class _Refused(Exception):
-    def __init__(self, code: ErrorCode, reason: str) -> None:
-        super().__init__(reason)
-        self.code = code
-        self.reason = reason
-
-
-def _lock_for_writing(path: Path) -> int:
-    """The image opened for writing under an exclusive lock: one writer on this host at a time."""
-    fd = os.open(path, os.O_RDWR)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as error:
-        os.close(fd)
-        if error.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-            raise _Refused(ErrorCode.PRIVATE_IN_USE, "another session writes this private vDisk") from None
-        raise
-    return fd
+    def _refused(self, action: Refuse) -> None:
+        refusal = action.refusal
+        fields = {
+            "peer": f"{action.peer[0]}:{action.peer[1]}",
+            "code": refusal.code.name,
+            "reason": refusal.reason,
+        }
+        if action.attaching:
+            self.log.warning("attach refused", mac=action.mac, session=action.session, **fields)
+        elif refusal.code is ErrorCode.UNKNOWN_SESSION:
+            # Routine (a target whose server restarted, or stray datagrams): debug, so a flood
+            # cannot fill the log; the target logs in again and says so itself.
+            self.log.debug("request refused", session=action.session, **fields)
+        else:
+            self.log.info("request refused", session=action.session, mac=action.mac, **fields)
+        self._send(action.datagram, action.peer)

@@ -1,10 +1,16 @@
 """The login service (UDP `[login] port`, 6910): which server a target streams from, and its ticket.
 
-A fresh login (no ticket) is decided from the farm store: the device, its vDisk and the
-version it boots, and the least-loaded live server holding a verified replica of it. A
-login with a ticket is a target coming back, typically because its server died: this
-server checks the ticket with the farm secret alone and, if it holds the image, serves
-the session itself, so a target keeps running while the database is down.
+A fresh login (no ticket) is decided in one farm-store transaction: the device, its vDisk and
+the version it boots, the least-loaded live server holding a verified replica of it, and the
+session recorded there. A login with a ticket is a target coming back, typically because its
+server died: this server checks the ticket with the farm secret alone and, if the store does
+not answer at once, serves the session itself, so a target keeps running while the database
+is down.
+
+The service is bounded. A ticketless LOGIN shorter than MIN_FRESH_LOGIN is refused as it
+arrives, before it costs a task or a place in line; the rest wait in `[login] max_pending`
+places (returning targets first), and a login that finds them full is dropped, counted and
+logged: the target sends it again.
 """
 
 from __future__ import annotations
@@ -14,31 +20,43 @@ import contextlib
 import dataclasses
 import ipaddress
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Protocol
 
 import structlog
 
 from pvsd.config import Config
 from pvsd.farm.errors import StoreError, StoreUnavailable
-from pvsd.farm.records import Device, DeviceType, Server, ServerState
+from pvsd.farm.records import FarmView, Server, ServerState
 from pvsd.farm.store import FarmStore
 from pvsd.net.reader import DecodeError
 from pvsd.net.udp import Address, UdpEndpoint
-from pvsd.stream.admission import FarmView, Grant, Placement, Refusal, decide_login, place_resumed
-from pvsd.stream.io import TICKET_ERRORS, fit_error
-from pvsd.stream.placement import Affinity
-from pvsd.stream.ticket import Claims, TicketError, issue_ticket, verify_ticket
-from pvsd.stream.wire import ErrorCode, Login, LoginReply, ServerEntry, decode, encode
+from pvsd.stream.admission import Grant, decide_login, place_resumed
+from pvsd.stream.placement import Affinity, Placement
+from pvsd.stream.ticket import Claims, issue_ticket, verify_ticket
+from pvsd.stream.wire import (
+    ErrorCode,
+    Login,
+    LoginReply,
+    ServerEntry,
+    StreamRefusal,
+    decode,
+    encode,
+    fit_error,
+)
 from pvsd.vdisk.image import image_path
 
-__all__ = ["LoginServer", "LoginStats", "read_farm_view", "read_resume_view"]
+__all__ = ["MIN_FRESH_LOGIN", "LocalWorkers", "LoginServer", "LoginStats"]
 
 # A fresh LOGIN must be at least this long, so that its reply is never the larger (no amplification).
 MIN_FRESH_LOGIN = 512
 _REPLAY_S = 10.0  # a retransmitted LOGIN within this long gets the same answer, not a new session
+_REPLAY_LIMIT = 4096  # remembered answers, whatever a flood of distinct LOGINs does
 RESUME_STORE_TIMEOUT_S = 1.0  # a returning target waits no longer than this for the farm store
+RESUME_WORKERS = 4  # returning targets placed at once; fresh logins are decided one at a time
+DROPPED_LOG_INTERVAL_S = 10.0
 
 
 @dataclass
@@ -47,51 +65,31 @@ class LoginStats:
     resumed: int = 0
     refused: int = 0
     malformed: int = 0
+    dropped: int = 0  # the pending logins were full
 
 
-def read_farm_view(
-    store: FarmStore, mac: str, auto_add: bool, template: str, log: structlog.stdlib.BoundLogger
-) -> FarmView:
-    """Everything a fresh login is decided from, read from the store (in a thread)."""
-    device = store.find_device(mac)
-    if device is None and auto_add:
-        device = _auto_add(store, mac, template, log)
-    vdisk = store.get_vdisk(device.vdisk) if device is not None and device.vdisk else None
-    return FarmView(
-        device=device,
-        vdisk=vdisk,
-        servers=store.list_servers(),
-        replicas=store.list_replicas(vdisk.name) if vdisk is not None else [],
-        sessions=store.list_sessions(),
-    )
+class LocalWorkers(Protocol):
+    """This server's I/O workers, as the login service sees them."""
+
+    def port_loads(self) -> dict[int, int]:
+        """Sessions per live worker port, those given out since the workers last reported included."""
+        ...
+
+    def assign(self, port: int) -> None:
+        """Count a new session against `port` at once."""
+        ...
 
 
-def read_resume_view(store: FarmStore, vdisk: str) -> FarmView:
-    """What placing a target that comes back with its ticket needs (in a thread)."""
-    record = next((v for v in store.list_vdisks() if v.name == vdisk), None)
-    return FarmView(
-        device=None,
-        vdisk=record,
-        servers=store.list_servers(),
-        replicas=store.list_replicas(vdisk),
-        sessions=store.list_sessions(),
-    )
+@dataclass(frozen=True)
+class _Pending:
+    request_id: int
+    login: Login
+    peer: Address
+    size: int
 
-
-def _auto_add(store: FarmStore, mac: str, template: str, log: structlog.stdlib.BoundLogger) -> Device:
-    model = next((d for d in store.list_devices() if d.name == template), None) if template else None
-    if template and model is None:
-        log.warning("auto_add template device not found; adding the device with no vDisk", template=template)
-    name = "auto-" + mac.replace(":", "")
-    device = store.add_device(
-        mac,
-        name,
-        vdisk=model.vdisk if model else None,
-        site=model.site if model else None,
-        type=model.type if model else DeviceType.PRODUCTION,
-    )
-    log.info("device added at its first login ([farm] auto_add)", device=name, template=template or None)
-    return device
+    @property
+    def key(self) -> tuple[Address, int, str, bytes]:
+        return (self.peer, self.request_id, self.login.mac, self.login.ticket)
 
 
 class LoginServer:
@@ -101,28 +99,38 @@ class LoginServer:
         store: FarmStore,
         secret: str,
         live_servers: Callable[[], list[Server]],
-        local_port: Callable[[], int | None],
+        workers: LocalWorkers,
         log: structlog.stdlib.BoundLogger,
     ) -> None:
         self.config = config
         self.store = store
         self.secret = secret
         self.live_servers = live_servers
-        self.local_port = local_port
+        self.workers = workers
         self.log = log
         self.stats = LoginStats()
         self.endpoint: UdpEndpoint | None = None
         # (peer, request id, MAC, ticket) -> (when, our answer or None while working on it)
         self._answers: dict[tuple[Address, int, str, bytes], tuple[float, bytes | None]] = {}
+        self._fresh: asyncio.Queue[_Pending] = asyncio.Queue()
+        self._returning: asyncio.Queue[_Pending] = asyncio.Queue()
+        self._pending = 0
+        self._dropped_logged_at = -DROPPED_LOG_INTERVAL_S
+        self._dropped_since_log = 0
         self._tasks: set[asyncio.Task[None]] = set()
-        self._sector_sizes: dict[str, int] = {}
-        self._vdisk_sizes: dict[str, int] = {}
-        self._deciding = asyncio.Lock()
 
     async def start(self) -> None:
         self.endpoint = UdpEndpoint.bind(
             self.config.server.bind, self.config.login.port, self.datagram_received
         )
+        self._spawn(self._serve(self._fresh), "login-fresh")
+        for index in range(RESUME_WORKERS):
+            self._spawn(self._serve(self._returning), f"login-returning-{index}")
+
+    def _spawn(self, work: Coroutine[Any, Any, None], name: str) -> None:
+        task = asyncio.create_task(work, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def close(self) -> None:
         if self.endpoint is not None:
@@ -131,6 +139,8 @@ class LoginServer:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+
+    # -- the request path -----------------------------------------------------------------------------
 
     def datagram_received(self, data: bytes, peer: Address) -> None:
         try:
@@ -146,151 +156,193 @@ class LoginServer:
                 fit_error(ErrorCode.BAD_REQUEST, "only LOGIN here", header.request_id, 0, len(data)), peer
             )
             return
+        pending = _Pending(header.request_id, message, peer, len(data))
+        if not message.ticket and len(data) < MIN_FRESH_LOGIN:
+            # Refused here, before it costs a task, a place in line or the store.
+            self._send(
+                self._refuse(
+                    StreamRefusal(
+                        ErrorCode.BAD_REQUEST, f"pad a LOGIN without a ticket to {MIN_FRESH_LOGIN} bytes"
+                    ),
+                    pending,
+                    self._log(pending),
+                ),
+                peer,
+            )
+            return
         now = time.monotonic()
-        key = (peer, header.request_id, message.mac, message.ticket)
-        earlier = self._answers.get(key)
+        earlier = self._answers.get(pending.key)
         if earlier is not None and now - earlier[0] < _REPLAY_S:
             if earlier[1] is not None:
                 self._send(earlier[1], peer)  # our answer was lost: the same one again
             return  # still working on it
-        self._answers[key] = (now, None)
-        if len(self._answers) > 4096:
-            self._answers = {k: v for k, v in self._answers.items() if now - v[0] < _REPLAY_S}
-        task = asyncio.create_task(self._login(header.request_id, message, peer, len(data)))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        if self._pending >= self.config.login.max_pending:
+            self._drop(pending, now)
+            return
+        self._remember(pending, now, None)
+        self._pending += 1
+        (self._returning if message.ticket else self._fresh).put_nowait(pending)
 
-    async def _login(self, request_id: int, login: Login, peer: Address, size: int) -> None:
-        log = self.log.bind(peer=f"{peer[0]}:{peer[1]}", mac=login.mac)
-        try:
-            if login.ticket:
-                reply = await self._resume(request_id, login, peer, size, log)
-            else:
-                # One fresh login at a time: each decision counts the sessions the one before
-                # opened, so a boot storm spreads over the servers instead of piling on one.
-                async with self._deciding:
-                    reply = await self._fresh(request_id, login, peer, size, log)
-        except Exception:
-            log.exception("login failed unexpectedly")
-            reply = fit_error(
-                ErrorCode.SERVER_BUSY, "internal error, try another server", request_id, 0, size
-            )
-        self._answers[(peer, request_id, login.mac, login.ticket)] = (time.monotonic(), reply)
-        self._send(reply, peer)
+    def _remember(self, pending: _Pending, now: float, answer: bytes | None) -> None:
+        self._answers[pending.key] = (now, answer)
+        if len(self._answers) > _REPLAY_LIMIT:
+            fresh = {k: v for k, v in self._answers.items() if now - v[0] < _REPLAY_S}
+            # A flood of distinct LOGINs within the replay time: forget the oldest rather than grow.
+            self._answers = dict(list(fresh.items())[-_REPLAY_LIMIT // 2 :])
 
-    async def _fresh(
-        self, request_id: int, login: Login, peer: Address, size: int, log: structlog.stdlib.BoundLogger
-    ) -> bytes:
-        if size < MIN_FRESH_LOGIN:
-            return self._refuse(
-                ErrorCode.BAD_REQUEST,
-                f"pad a LOGIN without a ticket to {MIN_FRESH_LOGIN} bytes",
-                request_id,
-                size,
-                log,
+    def _drop(self, pending: _Pending, now: float) -> None:
+        self.stats.dropped += 1
+        self._dropped_since_log += 1
+        if now - self._dropped_logged_at >= DROPPED_LOG_INTERVAL_S:
+            self.log.warning(
+                "login dropped: every pending place is taken; targets send their LOGIN again",
+                dropped=self._dropped_since_log,
+                max_pending=self.config.login.max_pending,
+                peer=f"{pending.peer[0]}:{pending.peer[1]}",
+                mac=pending.login.mac,
             )
-        farm = self.config.farm
+            self._dropped_logged_at, self._dropped_since_log = now, 0
+
+    async def _serve(self, queue: asyncio.Queue[_Pending]) -> None:
+        while True:
+            pending = await queue.get()
+            try:
+                reply = await self._answer(pending)
+            finally:
+                self._pending -= 1
+            self._remember(pending, time.monotonic(), reply)
+            self._send(reply, pending.peer)
+
+    async def _answer(self, pending: _Pending) -> bytes:
+        log = self._log(pending)
         try:
-            view = await asyncio.to_thread(
-                read_farm_view, self.store, login.mac, farm.auto_add, farm.auto_add_template, log
-            )
+            if pending.login.ticket:
+                return await self._resume(pending, log)
+            return await self._fresh_login(pending, log)
+        except StreamRefusal as refusal:
+            return self._refuse(refusal, pending, log)
         except StoreUnavailable as error:
             return self._refuse(
-                ErrorCode.DATABASE_UNAVAILABLE,
-                f"the farm store is unreachable: {error}",
-                request_id,
-                size,
+                StreamRefusal(ErrorCode.DATABASE_UNAVAILABLE, f"the farm store is unreachable: {error}"),
+                pending,
                 log,
             )
-        decision = decide_login(
-            login.mac,
-            view,
-            target=ipaddress.IPv4Address(peer[0]),
-            dead_after=farm.dead_after,
-            active_within=self.config.stream.idle_timeout + 2 * farm.heartbeat_interval,
-            affinity=Affinity(self.config.login.affinity),
-            prefix=self.config.login.affinity_prefix,
-        )
-        if isinstance(decision, Refusal):
-            return self._refuse(decision.code, decision.reason, request_id, size, log)
-        assert view.vdisk is not None
-        grant: Grant = decision
-        port = grant.io_port
-        if grant.server.name == self.config.server.name:
-            port = self.local_port() or port
-        try:
-            session = await asyncio.to_thread(self.store.open_session, login.mac, grant.server.name, port)
         except StoreError as error:
             return self._refuse(
-                ErrorCode.DATABASE_UNAVAILABLE, f"cannot record the session: {error}", request_id, size, log
+                StreamRefusal(ErrorCode.DATABASE_UNAVAILABLE, f"the farm store refused the login: {error}"),
+                pending,
+                log,
             )
-        self._sector_sizes[view.vdisk.name] = view.vdisk.sector_size
+        except Exception:
+            log.exception("login failed unexpectedly")
+            return fit_error(
+                ErrorCode.SERVER_BUSY,
+                "internal error, try another server",
+                pending.request_id,
+                0,
+                pending.size,
+            )
+
+    def _log(self, pending: _Pending) -> structlog.stdlib.BoundLogger:
+        return self.log.bind(peer=f"{pending.peer[0]}:{pending.peer[1]}", mac=pending.login.mac)
+
+    # -- fresh logins ---------------------------------------------------------------------------------
+
+    async def _fresh_login(self, pending: _Pending, log: structlog.stdlib.BoundLogger) -> bytes:
+        farm = self.config.farm
+        here = self.config.server.name
+        local = self.workers.port_loads()
+        decided: list[Grant] = []
+        refused: list[StreamRefusal] = []
+
+        def choose(view: FarmView) -> tuple[str, int] | None:
+            # Runs inside the store's transaction: pure work on what it read, nothing more.
+            try:
+                grant = decide_login(
+                    pending.login.mac,
+                    view,
+                    target=ipaddress.IPv4Address(pending.peer[0]),
+                    dead_after=farm.dead_after,
+                    affinity=Affinity(self.config.login.affinity),
+                    prefix=self.config.login.affinity_prefix,
+                )
+            except StreamRefusal as refusal:
+                refused.append(refusal)
+                return None
+            placement = grant.placement
+            if placement.server.name == here and local:
+                # This server's own workers know their load better than the farm's last stamp.
+                placement = dataclasses.replace(placement, io_port=_least_loaded(local))
+                grant = dataclasses.replace(grant, placement=placement)
+            decided.append(grant)
+            return placement.server.name, placement.io_port
+
+        result = await asyncio.to_thread(
+            self.store.fresh_login,
+            pending.login.mac,
+            active_within=self.config.stream.idle_timeout + 2 * farm.heartbeat_interval,
+            auto_add=farm.auto_add,
+            template=farm.auto_add_template,
+            choose=choose,
+        )
+        if result.added:
+            if not result.template_found:
+                log.warning(
+                    "auto_add template device not found; adding the device with no vDisk",
+                    template=farm.auto_add_template,
+                )
+            log.info(
+                "device added at its first login ([farm] auto_add)",
+                device=result.view.device.name if result.view.device else None,
+                template=farm.auto_add_template or None,
+            )
+        if refused:
+            raise refused[0]
+        if not decided or result.session is None:
+            raise StreamRefusal(ErrorCode.SERVER_BUSY, "the login was not decided")
+        grant, session = decided[0], result.session
+        placement = grant.placement
+        if placement.server.name == here:
+            self.workers.assign(placement.io_port)
         now_ms = int(time.time() * 1000)
         claims = Claims(
-            mac=login.mac,
-            vdisk=view.vdisk.name,
+            mac=pending.login.mac,
+            vdisk=grant.vdisk.name,
             version=grant.version.number,
             private=grant.private,
             cache=grant.cache,
             session=session.id,
             issued_ms=now_ms,
             expires_ms=now_ms + int(self.config.login.ticket_lifetime * 1000),
+            disk_size=grant.vdisk.size,
+            sector_size=grant.vdisk.sector_size,
         )
         self.stats.granted += 1
         log.info(
             "login granted",
-            device=view.device.name if view.device else None,
+            device=result.view.device.name if result.view.device else None,
             vdisk=claims.vdisk,
             version=claims.version,
-            server=grant.server.name,
-            io=f"{grant.server.address}:{port}",
+            server=placement.server.name,
+            io=f"{placement.server.address}:{placement.io_port}",
             session=session.id,
-            why=grant.reason,
+            why=placement.reason,
         )
-        return self._reply(
-            request_id, login, claims, grant.server, port, view.vdisk.size, view.vdisk.sector_size, size
-        )
+        return self._reply(pending, claims, placement, pending.size)
 
-    async def _resume(
-        self, request_id: int, login: Login, peer: Address, size: int, log: structlog.stdlib.BoundLogger
-    ) -> bytes:
-        try:
-            claims = verify_ticket(self.secret, login.ticket, int(time.time() * 1000))
-        except TicketError as error:
-            return self._refuse(TICKET_ERRORS[error.problem], str(error), request_id, size, log)
+    # -- targets coming back with a ticket ------------------------------------------------------------
+
+    async def _resume(self, pending: _Pending, log: structlog.stdlib.BoundLogger) -> bytes:
+        login = pending.login
+        claims = verify_ticket(self.secret, login.ticket, int(time.time() * 1000))
         if claims.mac != login.mac:
-            return self._refuse(
-                ErrorCode.TICKET_OTHER_DEVICE,
-                f"the ticket names {claims.mac}, not {login.mac}",
-                request_id,
-                size,
-                log,
+            raise StreamRefusal(
+                ErrorCode.TICKET_OTHER_DEVICE, f"the ticket names {claims.mac}, not {login.mac}"
             )
-        placement = await self._place_resumed(claims, peer, log)
-        if placement is not None and placement.server.name != self.config.server.name:
-            disk_size = self._vdisk_sizes.get(claims.vdisk, 0)
-        else:
+        placement = await self._place_resumed(claims, pending.peer, log)
+        if placement is None or placement.server.name == self.config.server.name:
             # Here: the farm store chose this server, or could not be asked. The ticket is enough.
-            path = image_path(Path(self.config.server.store), claims.vdisk, claims.version)
-            try:
-                disk_size = path.stat().st_size
-            except OSError:
-                return self._refuse(
-                    ErrorCode.NO_SERVER,
-                    f"this server holds no image of {claims.vdisk} v{claims.version}",
-                    request_id,
-                    size,
-                    log,
-                )
-            port = self.local_port()
-            if port is None:
-                return self._refuse(
-                    ErrorCode.SERVER_BUSY, "no stream worker is running here", request_id, size, log
-                )
-            this = next(s for s in self._servers() if s.name == self.config.server.name)
-            placement = Placement(
-                this, port, placement.reason if placement else "the farm store did not answer"
-            )
+            placement = self._here(claims, placement.reason if placement else "the farm store did not answer")
         now_ms = int(time.time() * 1000)
         lifetime_ms = int(self.config.login.ticket_lifetime * 1000)
         renewed = dataclasses.replace(claims, issued_ms=now_ms, expires_ms=now_ms + lifetime_ms)
@@ -304,13 +356,25 @@ class LoginServer:
             session=claims.session,
             why=placement.reason,
         )
-        task = asyncio.create_task(self._record_resume(claims, placement.server.name, placement.io_port, log))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        sector = self._sector_sizes.get(claims.vdisk, 512)
-        return self._reply(
-            request_id, login, renewed, placement.server, placement.io_port, disk_size, sector, 1 << 16
+        self._spawn(
+            self._record_resume(claims, placement.server.name, placement.io_port, log), "login-record"
         )
+        # A valid ticket may have a reply larger than its LOGIN: the ticket is the proof of work.
+        return self._reply(pending, renewed, placement, 1 << 16)
+
+    def _here(self, claims: Claims, reason: str) -> Placement:
+        path = image_path(Path(self.config.server.store), claims.vdisk, claims.version)
+        if not path.is_file():
+            raise StreamRefusal(
+                ErrorCode.NO_SERVER, f"this server holds no image of {claims.vdisk} v{claims.version}"
+            )
+        local = self.workers.port_loads()
+        if not local:
+            raise StreamRefusal(ErrorCode.SERVER_BUSY, "no stream worker is running here")
+        port = _least_loaded(local)
+        self.workers.assign(port)
+        this = next(s for s in self._servers() if s.name == self.config.server.name)
+        return Placement(this, port, reason)
 
     async def _place_resumed(
         self, claims: Claims, peer: Address, log: structlog.stdlib.BoundLogger
@@ -320,20 +384,23 @@ class LoginServer:
         farm = self.config.farm
         try:
             view = await asyncio.wait_for(
-                asyncio.to_thread(read_resume_view, self.store, claims.vdisk), RESUME_STORE_TIMEOUT_S
+                asyncio.to_thread(
+                    self.store.resume_view,
+                    claims.session,
+                    claims.vdisk,
+                    self.config.stream.idle_timeout + 2 * farm.heartbeat_interval,
+                ),
+                RESUME_STORE_TIMEOUT_S,
             )
         except (StoreError, TimeoutError) as error:
             log.info("placing a returning target without the farm store", error=str(error) or "timeout")
             return None
-        self._vdisk_sizes[claims.vdisk] = view.vdisk.size if view.vdisk else 0
         return place_resumed(
             claims.vdisk,
             claims.version,
-            claims.session,
             view,
             target=ipaddress.IPv4Address(peer[0]),
             dead_after=farm.dead_after,
-            active_within=self.config.stream.idle_timeout + 2 * farm.heartbeat_interval,
             affinity=Affinity(self.config.login.affinity),
             prefix=self.config.login.affinity_prefix,
         )
@@ -349,6 +416,8 @@ class LoginServer:
                 session=claims.session,
                 error=str(error),
             )
+
+    # -- replies --------------------------------------------------------------------------------------
 
     def _servers(self) -> list[Server]:
         """Live servers, this one included even when the farm store cannot be read."""
@@ -371,19 +440,10 @@ class LoginServer:
             ]
         return servers
 
-    def _reply(
-        self,
-        request_id: int,
-        login: Login,
-        claims: Claims,
-        server: Server,
-        port: int,
-        disk_size: int,
-        sector: int,
-        limit: int,
-    ) -> bytes:
+    def _reply(self, pending: _Pending, claims: Claims, placement: Placement, limit: int) -> bytes:
         stream = self.config.stream
         ticket = issue_ticket(self.secret, claims)
+        server = placement.server
         # The serving server first: a target that fails over walks this list in order.
         servers = sorted(self._servers(), key=lambda s: (s.name != server.name, s.name))
         entries = [
@@ -396,30 +456,32 @@ class LoginServer:
             reply = encode(
                 LoginReply(
                     io_address=ipaddress.IPv4Address(server.address),
-                    io_port=port,
-                    disk_size=disk_size,
-                    sector_size=sector,
+                    io_port=placement.io_port,
+                    disk_size=claims.disk_size,
+                    sector_size=claims.sector_size,
                     private=claims.private,
                     cache_type=claims.cache,
-                    max_payload=max(512, min(login.max_payload, stream.max_payload)),
+                    max_payload=max(512, min(pending.login.max_payload, stream.max_payload)),
                     max_burst=stream.max_burst,
                     ticket=ticket,
                     servers=tuple(entries),
                 ),
-                request_id,
+                pending.request_id,
                 claims.session,
             )
             if len(reply) <= limit or len(entries) <= 1:
                 return reply
             entries.pop()  # no amplification: fewer servers listed rather than a larger reply
 
-    def _refuse(
-        self, code: ErrorCode, reason: str, request_id: int, size: int, log: structlog.stdlib.BoundLogger
-    ) -> bytes:
+    def _refuse(self, refusal: StreamRefusal, pending: _Pending, log: structlog.stdlib.BoundLogger) -> bytes:
         self.stats.refused += 1
-        log.warning("login refused", code=code.name, reason=reason)
-        return fit_error(code, reason, request_id, 0, size)
+        log.warning("login refused", code=refusal.code.name, reason=refusal.reason)
+        return fit_error(refusal.code, refusal.reason, pending.request_id, 0, pending.size)
 
     def _send(self, data: bytes, peer: Address) -> None:
         if self.endpoint is not None:
             self.endpoint.send(data, peer)
+
+
+def _least_loaded(loads: dict[int, int]) -> int:
+    return min(loads, key=lambda port: (loads[port], port))

@@ -1,19 +1,33 @@
-"""Which server a target streams from: pure, the candidates in and a choice with its reason out.
+"""Which server and I/O port a session goes to: pure, the farm's view in and a choice out.
 
 As in PVS: among the live servers that hold a verified copy of the device's vDisk version,
 the one with the fewest sessions per unit of power rating. Subnet affinity narrows the
 field first: `none` ignores subnets, `best-effort` prefers servers on the target's subnet
-and falls back to any, `fixed` allows only those.
+and falls back to any, `fixed` allows only those. On the chosen server, the I/O port (one
+per worker process) with the fewest sessions.
 """
 
 from __future__ import annotations
 
 import enum
 import ipaddress
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-__all__ = ["Affinity", "Candidate", "Choice", "choose_server"]
+from pvsd.farm.records import Load, Replica, ReplicaState, Server, ServerHealth
+from pvsd.stream.wire import ErrorCode, StreamRefusal
+
+__all__ = [
+    "Affinity",
+    "Candidate",
+    "Choice",
+    "Placement",
+    "choose_server",
+    "pick_port",
+    "place",
+    "stream_ports",
+    "verified_holders",
+]
 
 
 class Affinity(enum.StrEnum):
@@ -42,6 +56,13 @@ class Choice:
     reason: str
 
 
+@dataclass(frozen=True)
+class Placement:
+    server: Server
+    io_port: int
+    reason: str
+
+
 def choose_server(
     candidates: Iterable[Candidate],
     target: ipaddress.IPv4Address | None,
@@ -63,3 +84,70 @@ def choose_server(
             return Choice(None, f"no usable server on the target's subnet {subnet} (fixed subnet affinity)")
     best = min(usable, key=lambda c: (c.load, c.sessions, c.name))
     return Choice(best.name, f"least loaded: {best.sessions} sessions at power {best.power:g}")
+
+
+def stream_ports(server: Server) -> range:
+    first = int(server.ports.get("stream_first", 0))
+    last = int(server.ports.get("stream_last", first - 1))
+    return range(first, last + 1) if first else range(0)
+
+
+def pick_port(server: Server, load: Load) -> int | None:
+    """The server's I/O port (one per worker process) with the fewest active sessions."""
+    ports = stream_ports(server)
+    if not ports:
+        return None
+    return min(ports, key=lambda port: (load.port(server.name, port), port))
+
+
+def verified_holders(replicas: Iterable[Replica], vdisk: str, version: int, sha256: str | None) -> set[str]:
+    """The servers whose replica of this version is verified against the version's own hash: a
+    replica verified against an older image of the same number never counts."""
+    return {
+        r.server
+        for r in replicas
+        if r.vdisk == vdisk
+        and r.version == version
+        and r.state is ReplicaState.VERIFIED
+        and sha256 is not None
+        and r.sha256 == sha256
+    }
+
+
+def place(
+    servers: Sequence[Server],
+    load: Load,
+    verified: set[str],
+    *,
+    leaving: str | None,
+    target: ipaddress.IPv4Address | None,
+    dead_after: float,
+    affinity: Affinity,
+    prefix: int,
+) -> Placement:
+    """The least loaded live streaming server with a verified replica, and its least loaded
+    port; `leaving` is never chosen. Raises StreamRefusal(NO_SERVER) saying why there is none."""
+    alive = {
+        s.name: s
+        for s in servers
+        if s.name != leaving and s.health(dead_after) is ServerHealth.ALIVE and stream_ports(s)
+    }
+    candidates = [
+        Candidate(
+            name=server.name,
+            address=ipaddress.IPv4Address(server.address),
+            power=server.power,
+            sessions=load.server(server.name),
+            alive=server.name in alive,
+            verified_replica=server.name in verified,
+        )
+        for server in servers
+    ]
+    choice = choose_server(candidates, target, affinity, prefix)
+    if choice.server is None:
+        raise StreamRefusal(ErrorCode.NO_SERVER, choice.reason)
+    server = alive[choice.server]
+    port = pick_port(server, load)
+    if port is None:  # a server without stream ports is never alive here
+        raise StreamRefusal(ErrorCode.NO_SERVER, f"{server.name} has no stream ports")
+    return Placement(server, port, choice.reason)

@@ -97,7 +97,7 @@ class StreamService:
                 self.store,
                 self.settings.secret,
                 live_servers,
-                self.workers.least_loaded_port,
+                self.workers,
                 self.log.bind(service="login"),
             )
             try:

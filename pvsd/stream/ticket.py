@@ -1,14 +1,16 @@
 """Signed tickets: what lets a target move to another server without asking the database.
 
-A ticket names the device, its vDisk version, access mode and write-cache type, the
-session, and when it was issued and expires, signed with HMAC-SHA256 under the farm's
-secret. Any server of the farm checks one with the secret alone. Pure: time is passed in.
+A ticket names the device, its vDisk version with the disk's size and sector size, access
+mode and write-cache type, the session, and when it was issued and expires, signed with
+HMAC-SHA256 under the farm's secret. Any server of the farm checks one with the secret alone
+and answers a returning target with the disk's geometry from it, with no database and no
+memory of earlier logins. Pure: time is passed in.
 
 Wire layout (big-endian), then a 32-byte HMAC-SHA256 over everything before it:
 
-    u8 format (1) | 8 bytes farm key id | 6 bytes MAC | u64 session id
+    u8 format (2) | 8 bytes farm key id | 6 bytes MAC | u64 session id
     u64 issued (ms since the epoch) | u64 expires (ms) | u8 access mode | u8 cache type
-    u32 vDisk version | u8 name length | vDisk name (UTF-8)
+    u32 vDisk version | u64 disk size | u16 sector size | u8 name length | vDisk name (UTF-8)
 
 The key id (the first 8 bytes of SHA-256 of the secret) is in clear so that a ticket from
 another farm is told apart from a forged one.
@@ -24,19 +26,19 @@ from dataclasses import dataclass
 
 from pvsd.net.mac import format_mac
 from pvsd.net.reader import DecodeError, Reader
+from pvsd.stream.wire import ErrorCode, StreamRefusal
 
 __all__ = [
     "TICKET_FORMAT",
     "CacheType",
     "Claims",
     "TicketError",
-    "TicketProblem",
     "issue_ticket",
     "verify_ticket",
 ]
 
-TICKET_FORMAT = 1
-_FIXED = struct.Struct("!B8s6sQQQBBIB")
+TICKET_FORMAT = 2
+_FIXED = struct.Struct("!B8s6sQQQBBIQHB")
 _SIGNATURE = 32
 
 
@@ -53,20 +55,12 @@ class CacheType(enum.IntEnum):
     DEVICE_RAM_DISK = 2  # RAM with overflow to the target's disk
 
 
-class TicketProblem(enum.IntEnum):
-    """Why a ticket is refused; each becomes its own error code on the wire and in the log."""
+class TicketError(StreamRefusal):
+    """Why a ticket is refused; each reason has its own error code on the wire and in the log."""
 
-    MALFORMED = 1
-    WRONG_FARM = 2
-    TAMPERED = 3
-    EXPIRED = 4
-    NOT_YET_VALID = 5
-
-
-class TicketError(Exception):
-    def __init__(self, problem: TicketProblem, detail: str) -> None:
-        super().__init__(f"ticket refused ({problem.name.lower().replace('_', ' ')}): {detail}")
-        self.problem = problem
+    def __init__(self, code: ErrorCode, detail: str) -> None:
+        what = code.name.removeprefix("TICKET_").lower().replace("_", " ")
+        super().__init__(code, f"ticket refused ({what}): {detail}")
 
 
 @dataclass(frozen=True)
@@ -79,6 +73,8 @@ class Claims:
     session: int
     issued_ms: int
     expires_ms: int
+    disk_size: int
+    sector_size: int
 
 
 def key_id(secret: str) -> bytes:
@@ -104,6 +100,8 @@ def issue_ticket(secret: str, claims: Claims) -> bytes:
             AccessModeCode.PRIVATE if claims.private else AccessModeCode.STANDARD,
             claims.cache,
             claims.version,
+            claims.disk_size,
+            claims.sector_size,
             len(name),
         )
         + name
@@ -116,28 +114,28 @@ def verify_ticket(secret: str, ticket: bytes, now_ms: int, skew_ms: int = 60_000
     servers whose clocks disagree a little about when it was issued."""
     try:
         reader = Reader(ticket)
-        (fmt, farm, mac, session, issued, expires, mode, cache, version, length) = _FIXED.unpack(
-            reader.take(_FIXED.size)
+        if ticket[:1] != bytes((TICKET_FORMAT,)):
+            raise DecodeError(f"unknown ticket format {ticket[0] if ticket else 'none'}")
+        (_, farm, mac, session, issued, expires, mode, cache, version, disk_size, sector_size, length) = (
+            _FIXED.unpack(reader.take(_FIXED.size))
         )
         name = reader.take(length)
         signature = reader.take(_SIGNATURE)
         if not reader.at_end():
             raise DecodeError(f"{reader.remaining} bytes after the signature")
-        if fmt != TICKET_FORMAT:
-            raise DecodeError(f"unknown ticket format {fmt}")
         access = AccessModeCode(mode)
         cache_type = CacheType(cache)
         vdisk = name.decode()
     except (DecodeError, ValueError) as error:  # ValueError: an unknown enum value or bad UTF-8
-        raise TicketError(TicketProblem.MALFORMED, str(error)) from None
+        raise TicketError(ErrorCode.TICKET_MALFORMED, str(error)) from None
     if not hmac.compare_digest(farm, key_id(secret)):
-        raise TicketError(TicketProblem.WRONG_FARM, "signed by another farm's secret")
+        raise TicketError(ErrorCode.TICKET_WRONG_FARM, "signed by another farm's secret")
     if not hmac.compare_digest(signature, _sign(secret, ticket[:-_SIGNATURE])):
-        raise TicketError(TicketProblem.TAMPERED, "the signature does not match")
+        raise TicketError(ErrorCode.TICKET_TAMPERED, "the signature does not match")
     if now_ms >= expires:
-        raise TicketError(TicketProblem.EXPIRED, f"expired {(now_ms - expires) / 1000:.0f} s ago")
+        raise TicketError(ErrorCode.TICKET_EXPIRED, f"expired {(now_ms - expires) / 1000:.0f} s ago")
     if issued - skew_ms > now_ms:
-        raise TicketError(TicketProblem.NOT_YET_VALID, "issued in the future")
+        raise TicketError(ErrorCode.TICKET_NOT_YET_VALID, "issued in the future")
     return Claims(
         mac=format_mac(mac),
         vdisk=vdisk,
@@ -147,4 +145,6 @@ def verify_ticket(secret: str, ticket: bytes, now_ms: int, skew_ms: int = 60_000
         session=session,
         issued_ms=issued,
         expires_ms=expires,
+        disk_size=disk_size,
+        sector_size=sector_size,
     )

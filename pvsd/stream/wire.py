@@ -12,7 +12,7 @@ import struct
 from dataclasses import dataclass, field
 
 from pvsd.net.mac import format_mac
-from pvsd.net.reader import DecodeError, Reader
+from pvsd.net.reader import DecodeError, ProtocolError, Reader
 
 __all__ = [
     "MAGIC",
@@ -31,10 +31,13 @@ __all__ = [
     "Read",
     "Redirect",
     "ServerEntry",
+    "StreamRefusal",
     "Write",
     "WriteAck",
+    "data_burst",
     "decode",
     "encode",
+    "fit_error",
 ]
 
 MAGIC = 0x5056  # "PV"
@@ -79,6 +82,24 @@ class ErrorCode(enum.IntEnum):
     READ_ONLY = 32
     NO_SPACE = 33
     SERVER_BUSY = 40
+
+
+class StreamRefusal(ProtocolError):
+    """A request this server refuses: answered with an ERROR carrying `code`, and logged with it.
+
+    Every refusal of the login and I/O services is one of these, whoever finds it: the ticket
+    check, the login decision, the placement, the I/O worker opening a disk.
+    """
+
+    code: ErrorCode
+
+    def __init__(self, code: ErrorCode, reason: str) -> None:
+        super().__init__(code, reason)
+        self.code = code
+
+    @property
+    def reason(self) -> str:
+        return self.message
 
 
 @dataclass(frozen=True)
@@ -329,3 +350,26 @@ def encode(message: Message, request_id: int = 0, session: int = 0, flags: int =
         case _:
             body = b""
     return head + body
+
+
+def fit_error(code: ErrorCode, message: str, request_id: int, session: int, limit: int) -> bytes:
+    """An ERROR reply no larger than the request it answers (no amplification)."""
+    reply = encode(ErrorReply(code, message), request_id, session)
+    if len(reply) <= limit:
+        return reply
+    room = max(0, len(message.encode()) - (len(reply) - limit))
+    return encode(ErrorReply(code, message.encode()[:room].decode(errors="ignore")), request_id, session)
+
+
+_DATA_HEAD = struct.Struct("!HBBHIQQ")  # the header, then the DATA offset
+
+
+def data_burst(request_id: int, session: int, offset: int, data: bytes, payload: int) -> list[bytes]:
+    """The DATA datagrams answering one READ: `data` from `offset`, `payload` bytes each (the last
+    may be shorter), equal-sized so that the glue can send them in one segmented call."""
+    pack = _DATA_HEAD.pack
+    return [
+        pack(MAGIC, VERSION, MessageType.DATA, 0, request_id, session, offset + start)
+        + data[start : start + payload]
+        for start in range(0, len(data), payload)
+    ]

@@ -2,34 +2,44 @@
 
 Worker i binds the i-th port of `[stream] ports`. Every STATS_INTERVAL_S it tells the main
 process which sessions it serves (the main process stamps them in the farm store and
-balances new sessions over the workers by these counts). A worker exits when its pipe to the
-main process closes, so a killed pvsd never leaves workers serving behind it.
+balances new sessions over the workers by these counts), and at once when one ends.
 """
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import contextlib
 import dataclasses
-import multiprocessing
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from multiprocessing.connection import Connection
-from typing import Any
 
 import structlog
 
 from pvsd.errors import Failure
-from pvsd.log import logging_settings
 from pvsd.privileges import drop_privileges
-from pvsd.processes import run_worker, serve_main_process
+from pvsd.processes import StartFailed, WorkerPool, WorkerSpec, run_worker, serve_main_process
 from pvsd.stream.io import IoServer, IoSettings, IoStats
 
-__all__ = ["StreamWorkers", "stream_worker_count"]
+__all__ = ["SessionClosed", "StreamReport", "StreamWorkers", "stream_worker_count"]
 
 STATS_INTERVAL_S = 1.0
-START_TIMEOUT_S = 30.0
+
+
+@dataclass(frozen=True)
+class StreamReport:
+    """Worker -> main, every STATS_INTERVAL_S: the sessions it serves and its counters."""
+
+    sessions: tuple[int, ...]
+    stats: IoStats
+
+
+@dataclass(frozen=True)
+class SessionClosed:
+    """Worker -> main: a session ended (logout, idle, attached again, server stopping)."""
+
+    session: int
 
 
 def stream_worker_count(configured: int, ports: range) -> int:
@@ -57,90 +67,66 @@ class StreamWorkers:
         self.log = log
         self.sessions: dict[int, set[int]] = {port: set() for port in ports}  # port -> session ids
         self.stats: dict[int, IoStats] = {}
-        self._assigned: collections.Counter[int] = collections.Counter()  # ports given since the last stats
-        self._workers: list[tuple[int, multiprocessing.process.BaseProcess, Connection]] = []
+        self._assigned: collections.Counter[int] = collections.Counter()  # ports given since the last report
+        self._pool = WorkerPool("stream", log, self._on_message, self._on_death)
 
     @property
     def live_ports(self) -> list[int]:
-        return [port for port, process, _ in self._workers if process.is_alive()]
+        return [port for port in self._pool.keys if self._pool.alive(port)]
 
-    def least_loaded_port(self) -> int | None:
-        """The worker port for a new session. It counts at once: workers report their sessions
-        only every STATS_INTERVAL_S, and a boot storm's logins must not all see the same counts."""
-        ports = self.live_ports
-        if not ports:
-            return None
-        port = min(ports, key=lambda port: (len(self.sessions[port]) + self._assigned[port], port))
+    def port_loads(self) -> dict[int, int]:
+        """Sessions per live worker port, counting those given out since the workers last reported:
+        they report only every STATS_INTERVAL_S, and a boot storm's logins must not all see the
+        same counts."""
+        return {port: len(self.sessions[port]) + self._assigned[port] for port in self.live_ports}
+
+    def assign(self, port: int) -> None:
         self._assigned[port] += 1
-        return port
 
     def session_ids(self) -> list[int]:
         return sorted(set().union(*self.sessions.values())) if self.sessions else []
 
     async def start(self) -> None:
-        context = multiprocessing.get_context("spawn")
-        level, fmt = logging_settings()
-        for port in self.ports:
-            ours, theirs = context.Pipe()
-            process = context.Process(
-                target=worker_main,
-                args=(self.settings, self.host, port, self.user, level, fmt, theirs),
-                name=f"pvsd-stream-{port}",
-                daemon=True,
+        try:
+            await self._pool.start(
+                [
+                    WorkerSpec(
+                        port, f"pvsd-stream-{port}", worker_main, (self.settings, self.host, port, self.user)
+                    )
+                    for port in self.ports
+                ]
             )
-            process.start()
-            theirs.close()
-            self._workers.append((port, process, ours))
-        for port, _, connection in self._workers:
-            ready = await asyncio.to_thread(connection.poll, START_TIMEOUT_S)
-            message = connection.recv() if ready else ("error", "did not start in time")
-            if message[0] != "ready":
-                await self.close()
-                raise Failure(f"cannot stream on {self.host}:{port}: {message[1]}")
-            asyncio.get_running_loop().add_reader(connection.fileno(), self._on_message, port, connection)
+        except Failure as error:
+            raise Failure(f"cannot stream on {self.host}: {error}") from None
         self.log.info(
-            "stream workers started", workers=len(self._workers), ports=f"{self.ports[0]}-{self.ports[-1]}"
+            "stream workers started", workers=len(self.ports), ports=f"{self.ports[0]}-{self.ports[-1]}"
         )
 
-    def _on_message(self, port: int, connection: Connection) -> None:
-        try:
-            message = connection.recv()
-        except (EOFError, OSError):
-            asyncio.get_running_loop().remove_reader(connection.fileno())
-            lost = len(self.sessions[port])
-            self.sessions[port] = set()
-            self.log.error(
-                "stream worker died; its targets log in again to another port or server",
-                port=port,
-                sessions=lost,
-            )
-            return
-        if message[0] == "stats":
-            self._on_stats(port, message[1], message[2])
-        elif message[0] == "closed":
-            self.sessions[port].discard(message[1])
+    def _on_message(self, port: int, message: object) -> None:
+        if isinstance(message, StreamReport):
+            self.on_report(port, message)
+        elif isinstance(message, SessionClosed):
+            self.sessions[port].discard(message.session)
             if self.on_closed is not None:
-                self.on_closed(message[1])
+                self.on_closed(message.session)
 
-    def _on_stats(self, port: int, sessions: list[int], stats: dict[str, int]) -> None:
-        self.sessions[port] = set(sessions)
+    def on_report(self, port: int, report: StreamReport) -> None:
+        self.sessions[port] = set(report.sessions)
         self._assigned[port] = 0  # attached by now, or gone
-        self.stats[port] = IoStats(**stats)
+        self.stats[port] = report.stats
+
+    def _on_death(self, port: int, exit_code: int | None) -> None:
+        lost = len(self.sessions[port])
+        self.sessions[port] = set()
+        self.log.error(
+            "stream worker died; its targets log in again to another port or server",
+            port=port,
+            sessions=lost,
+            exit_code=exit_code,
+        )
 
     async def close(self) -> None:
-        loop = asyncio.get_running_loop()
-        for _, _, connection in self._workers:
-            with contextlib.suppress(OSError, ValueError):
-                loop.remove_reader(connection.fileno())
-            with contextlib.suppress(OSError):
-                connection.send(("stop",))
-        for _, process, connection in self._workers:
-            await asyncio.to_thread(process.join, 5.0)
-            if process.is_alive():
-                process.kill()
-                await asyncio.to_thread(process.join, 2.0)
-            connection.close()
-        self._workers = []
+        await self._pool.close()
 
 
 def worker_main(
@@ -162,21 +148,21 @@ async def _serve(
 ) -> None:
     def closed(session_id: int) -> None:
         with contextlib.suppress(OSError):
-            connection.send(("closed", session_id))
+            connection.send(SessionClosed(session_id))
 
     server = IoServer(settings, log, on_closed=closed)
     try:
         server.bind(host, port)
         drop_privileges(user)
     except (OSError, Failure) as error:
-        connection.send(("error", getattr(error, "strerror", None) or str(error)))
+        connection.send(StartFailed(f"port {port}: {getattr(error, 'strerror', None) or error}"))
         return
 
-    def report() -> tuple[Any, ...]:
+    def report() -> StreamReport:
         server.expire_idle()
-        return ("stats", list(server.sessions), dataclasses.asdict(server.stats))
+        return StreamReport(tuple(server.session_ids), dataclasses.replace(server.stats))
 
     try:
         await serve_main_process(connection, STATS_INTERVAL_S, report)
     finally:
-        server.close()
+        await server.close()

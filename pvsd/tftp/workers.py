@@ -12,27 +12,50 @@ worker exits when the pipe closes, so a killed pvsd never leaves workers serving
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import dataclasses
-import multiprocessing
 import os
+from dataclasses import dataclass
 from multiprocessing.connection import Connection
-from typing import Any
 
 import structlog
 
 from pvsd.config import TftpConfig
 from pvsd.errors import Failure
-from pvsd.log import logging_settings
 from pvsd.privileges import drop_privileges
-from pvsd.processes import run_worker, serve_main_process
+from pvsd.processes import StartFailed, WorkerPool, WorkerSpec, run_worker, serve_main_process
 from pvsd.tftp.server import TftpServer, TftpStats
 
-__all__ = ["TftpWorkers", "share_of", "worker_count"]
+__all__ = ["Publish", "PublishDefault", "TftpReport", "TftpWorkers", "Unpublish", "share_of", "worker_count"]
 
 STATS_INTERVAL_S = 2.0
-START_TIMEOUT_S = 30.0
+
+
+@dataclass(frozen=True)
+class Publish:
+    """Main -> worker: serve `data` under `name` (a generated file), replacing what was there."""
+
+    name: str
+    data: bytes
+
+
+@dataclass(frozen=True)
+class Unpublish:
+    name: str
+
+
+@dataclass(frozen=True)
+class PublishDefault:
+    """Main -> worker: what any unpublished name under `prefix` gets (an unknown device's script)."""
+
+    prefix: str
+    data: bytes
+
+
+@dataclass(frozen=True)
+class TftpReport:
+    """Worker -> main, every STATS_INTERVAL_S: its counters."""
+
+    stats: TftpStats
 
 
 def worker_count(configured: int) -> int:
@@ -54,81 +77,46 @@ class TftpWorkers:
         self.count = count
         self.log = log
         self.stats: dict[int, TftpStats] = {}
-        self._workers: list[tuple[multiprocessing.process.BaseProcess, Connection]] = []
+        self._pool = WorkerPool("tftp", log, self._on_message, self._on_death)
 
     async def start(self) -> None:
-        context = multiprocessing.get_context("spawn")
-        level, fmt = logging_settings()
-        for index in range(1, self.count + 1):
-            ours, theirs = context.Pipe()
-            process = context.Process(
-                target=worker_main,
-                args=(self.config, self.user, level, fmt, index, theirs),
-                name=f"pvsd-tftp-{index}",
-                daemon=True,
-            )
-            process.start()
-            theirs.close()
-            self._workers.append((process, ours))
-        for index, (_, connection) in enumerate(self._workers, start=1):
-            ready = await asyncio.to_thread(connection.poll, START_TIMEOUT_S)
-            message = connection.recv() if ready else ("error", "did not start in time")
-            if message[0] != "ready":
-                await self.close()
-                raise Failure(f"TFTP worker {index} could not start: {message[1]}")
-            asyncio.get_running_loop().add_reader(connection.fileno(), self._on_message, index, connection)
+        await self._pool.start(
+            [
+                WorkerSpec(index, f"pvsd-tftp-{index}", worker_main, (self.config, self.user, index))
+                for index in range(1, self.count + 1)
+            ]
+        )
         self.log.info("TFTP workers started", workers=self.count)
 
     def publish(self, name: str, data: bytes) -> None:
-        self._send(("publish", name, data))
+        self._send(Publish(name, data))
 
     def unpublish(self, name: str) -> None:
-        self._send(("unpublish", name))
+        self._send(Unpublish(name))
 
     def publish_default(self, prefix: str, data: bytes) -> None:
-        self._send(("publish_default", prefix, data))
+        self._send(PublishDefault(prefix, data))
 
-    def _send(self, message: tuple[Any, ...]) -> None:
-        for index, (_, connection) in enumerate(self._workers, start=1):
-            try:
-                connection.send(message)
-            except OSError:
+    def _send(self, message: object) -> None:
+        for index in self._pool.keys:
+            if not self._pool.send(index, message):
                 self.log.error("TFTP worker is gone; its clients go to the other processes", worker=index)
 
-    def _on_message(self, index: int, connection: Connection) -> None:
-        try:
-            message = connection.recv()
-        except (EOFError, OSError):
-            asyncio.get_running_loop().remove_reader(connection.fileno())
-            process = self._workers[index - 1][0]
-            process.join(0.1)
-            self.log.error(
-                "TFTP worker died; its clients go to the other processes",
-                worker=index,
-                exit_code=process.exitcode,
-            )
-            return
-        if message[0] == "stats":
-            self.stats[index] = TftpStats(**message[1])
+    def _on_message(self, index: int, message: object) -> None:
+        if isinstance(message, TftpReport):
+            self.stats[index] = message.stats
+
+    def _on_death(self, index: int, exit_code: int | None) -> None:
+        self.log.error(
+            "TFTP worker died; its clients go to the other processes", worker=index, exit_code=exit_code
+        )
 
     async def close(self) -> None:
-        loop = asyncio.get_running_loop()
-        for _, connection in self._workers:
-            with contextlib.suppress(OSError, ValueError):
-                loop.remove_reader(connection.fileno())
-            with contextlib.suppress(OSError):
-                connection.send(("stop",))
-        for process, connection in self._workers:
-            await asyncio.to_thread(process.join, 5.0)
-            if process.is_alive():
-                process.kill()
-                await asyncio.to_thread(process.join, 2.0)
-            connection.close()
-        self._workers = []
+        await self._pool.close()
 
 
 def worker_main(
-    config: TftpConfig, user: str, level: str, fmt: str, index: int, connection: Connection
+    config: TftpConfig, user: str, index: int, level: str, fmt: str, connection: Connection
 ) -> None:
     """The entry point of a worker process."""
     run_worker("tftp", level, fmt, lambda log: _serve(config, user, log, connection), worker=index)
@@ -142,20 +130,20 @@ async def _serve(
         await server.start()
         drop_privileges(user)
     except (OSError, Failure) as error:
-        connection.send(("error", str(error)))
+        connection.send(StartFailed(str(error)))
         return
 
-    def handle(message: tuple[Any, ...]) -> None:
-        if message[0] == "publish":
-            server.registry.publish(message[1], message[2])
-        elif message[0] == "unpublish":
-            server.registry.unpublish(message[1])
-        elif message[0] == "publish_default":
-            server.registry.publish_default(message[1], message[2])
+    def handle(message: object) -> None:
+        if isinstance(message, Publish):
+            server.registry.publish(message.name, message.data)
+        elif isinstance(message, Unpublish):
+            server.registry.unpublish(message.name)
+        elif isinstance(message, PublishDefault):
+            server.registry.publish_default(message.prefix, message.data)
 
     try:
         await serve_main_process(
-            connection, STATS_INTERVAL_S, lambda: ("stats", dataclasses.asdict(server.stats)), handle
+            connection, STATS_INTERVAL_S, lambda: TftpReport(dataclasses.replace(server.stats)), handle
         )
     finally:
         await server.close()

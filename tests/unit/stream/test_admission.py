@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import ipaddress
 
 import pytest
@@ -11,6 +10,8 @@ from pvsd.farm.records import (
     AccessMode,
     Device,
     DeviceType,
+    FarmView,
+    Load,
     Replica,
     ReplicaState,
     Server,
@@ -21,20 +22,10 @@ from pvsd.farm.records import (
     VersionState,
     WriteCache,
 )
-from pvsd.stream.admission import (
-    FarmView,
-    Grant,
-    Placement,
-    Refusal,
-    boot_version,
-    decide_login,
-    pick_port,
-    place_resumed,
-)
-from pvsd.stream.io import fit_error
-from pvsd.stream.placement import Affinity
+from pvsd.stream.admission import Grant, boot_version, decide_login, place_resumed
+from pvsd.stream.placement import Affinity, Placement, pick_port
 from pvsd.stream.ticket import CacheType
-from pvsd.stream.wire import ErrorCode, ErrorReply, decode
+from pvsd.stream.wire import ErrorCode, ErrorReply, StreamRefusal, decode, fit_error
 
 MAC = "52:54:00:00:00:01"
 DEAD_AFTER = 8.0
@@ -85,14 +76,23 @@ def session(server_name: str, port: int, mac: str = "52:54:00:00:00:99", idle: f
     return Session(1, mac, "other", server_name, port, 0.0, 0.0, "disk", idle)
 
 
+def load(*sessions: Session) -> Load:
+    """What the store counts: active sessions per server and port."""
+    counts: dict[tuple[str, int], int] = {}
+    for s in sessions:
+        counts[(s.server, s.io_port)] = counts.get((s.server, s.io_port), 0) + 1
+    return Load(counts)
+
+
 SERVERS = (server("pvs1", "10.0.0.11"), server("pvs2", "10.0.0.12"))
 DISK = vdisk(version(0, sha=None), version(1))
 
 
-def decide(view: FarmView, target: str = "10.0.0.50") -> Grant | Refusal:
-    return decide_login(
-        MAC, view, target=ipaddress.IPv4Address(target), dead_after=DEAD_AFTER, active_within=70.0
-    )
+def decide(view: FarmView, target: str = "10.0.0.50") -> Grant | StreamRefusal:
+    try:
+        return decide_login(MAC, view, target=ipaddress.IPv4Address(target), dead_after=DEAD_AFTER)
+    except StreamRefusal as refusal:
+        return refusal
 
 
 def view(**changes: object) -> FarmView:
@@ -101,7 +101,6 @@ def view(**changes: object) -> FarmView:
         "vdisk": DISK,
         "servers": SERVERS,
         "replicas": (replica("pvs1"), replica("pvs2")),
-        "sessions": (),
     }
     fields.update(changes)
     return FarmView(**fields)  # type: ignore[arg-type]
@@ -122,21 +121,15 @@ def view(**changes: object) -> FarmView:
 )
 def test_each_refusal_has_its_code(changes: dict[str, object], code: ErrorCode) -> None:
     outcome = decide(view(**changes))
-    assert isinstance(outcome, Refusal) and outcome.code == code, outcome
+    assert isinstance(outcome, StreamRefusal) and outcome.code == code, outcome
 
 
 def test_the_least_loaded_server_with_a_verified_replica_and_its_least_loaded_port() -> None:
-    sessions = (session("pvs1", 6911), session("pvs2", 6911), session("pvs2", 6912))
-    outcome = decide(view(sessions=sessions))
+    sessions = load(session("pvs1", 6911), session("pvs2", 6911), session("pvs2", 6912))
+    outcome = decide(view(load=sessions))
     assert isinstance(outcome, Grant)
-    assert (outcome.server.name, outcome.io_port) == ("pvs1", 6912)
+    assert (outcome.placement.server.name, outcome.placement.io_port) == ("pvs1", 6912)
     assert outcome.version.number == 1 and not outcome.private and outcome.cache is CacheType.SERVER
-
-
-def test_idle_sessions_do_not_count() -> None:
-    sessions = (session("pvs1", 6911, idle=500.0), session("pvs1", 6912, idle=500.0), session("pvs2", 6911))
-    outcome = decide(view(sessions=sessions))
-    assert isinstance(outcome, Grant) and outcome.server.name == "pvs1"
 
 
 def test_the_device_type_picks_the_version() -> None:
@@ -145,38 +138,41 @@ def test_the_device_type_picks_the_version() -> None:
     assert boot_version(disk, DeviceType.TEST) == version(2, VersionState.TEST)
     assert boot_version(disk, DeviceType.MAINTENANCE) == version(3, VersionState.MAINTENANCE)
     outcome = decide(view(vdisk=disk, device=device(type=DeviceType.TEST), replicas=(replica("pvs2", 2),)))
-    assert isinstance(outcome, Grant) and (outcome.server.name, outcome.version.number) == ("pvs2", 2)
+    assert isinstance(outcome, Grant) and (outcome.placement.server.name, outcome.version.number) == (
+        "pvs2",
+        2,
+    )
 
 
 def test_a_private_vdisk_has_one_writer() -> None:
     private = vdisk(version(1), mode=AccessMode.PRIVATE)
-    busy = view(vdisk=private, sessions=(session("pvs1", 6911),))
+    busy = view(vdisk=private, holders=(session("pvs1", 6911),))
     outcome = decide(busy)
-    assert isinstance(outcome, Refusal) and outcome.code == ErrorCode.PRIVATE_IN_USE
+    assert isinstance(outcome, StreamRefusal) and outcome.code == ErrorCode.PRIVATE_IN_USE
     # the same device coming back, or a holder on a dead server, does not block
-    assert isinstance(decide(view(vdisk=private, sessions=(session("pvs1", 6911, mac=MAC),))), Grant)
+    assert isinstance(decide(view(vdisk=private, holders=(session("pvs1", 6911, mac=MAC),))), Grant)
     dead = (server("pvs1", "10.0.0.11", age=30.0), server("pvs2", "10.0.0.12"))
-    outcome = decide(view(vdisk=private, servers=dead, sessions=(session("pvs1", 6911),)))
+    outcome = decide(view(vdisk=private, servers=dead, holders=(session("pvs1", 6911),)))
     assert isinstance(outcome, Grant) and outcome.private and outcome.cache is CacheType.NONE
 
 
 def test_fixed_subnet_affinity_refuses_a_target_on_another_subnet() -> None:
-    outcome = decide_login(
-        MAC,
-        view(),
-        target=ipaddress.IPv4Address("192.168.9.9"),
-        dead_after=DEAD_AFTER,
-        active_within=70.0,
-        affinity=Affinity.FIXED,
-    )
-    assert isinstance(outcome, Refusal) and outcome.code == ErrorCode.NO_SERVER
+    with pytest.raises(StreamRefusal) as refused:
+        decide_login(
+            MAC,
+            view(),
+            target=ipaddress.IPv4Address("192.168.9.9"),
+            dead_after=DEAD_AFTER,
+            affinity=Affinity.FIXED,
+        )
+    assert refused.value.code == ErrorCode.NO_SERVER
 
 
 def test_pick_port_spreads_over_the_workers() -> None:
     pvs1 = server("pvs1", "10.0.0.11", ports=(6911, 6913))
-    assert pick_port(pvs1, [], 70.0) == 6911
-    assert pick_port(pvs1, [session("pvs1", 6911), session("pvs1", 6913)], 70.0) == 6912
-    assert pick_port(server("x", "10.0.0.1", ports=(0, -1)), [], 70.0) is None
+    assert pick_port(pvs1, Load()) == 6911
+    assert pick_port(pvs1, load(session("pvs1", 6911), session("pvs1", 6913))) == 6912
+    assert pick_port(server("x", "10.0.0.1", ports=(0, -1)), Load()) is None
 
 
 @pytest.mark.parametrize("limit", [21, 30, 40, 200])
@@ -187,40 +183,43 @@ def test_error_replies_are_never_larger_than_the_request(limit: int) -> None:
     assert isinstance(message, ErrorReply) and message.code == ErrorCode.UNKNOWN_SESSION
 
 
-def place(view: FarmView, session_id: int = 1) -> Placement | None:
-    return place_resumed("disk", 1, session_id, view, target=None, dead_after=DEAD_AFTER, active_within=70.0)
+def place(view: FarmView) -> Placement | None:
+    return place_resumed("disk", 1, view, target=None, dead_after=DEAD_AFTER)
 
 
 def test_a_returning_target_never_goes_back_to_the_server_it_left() -> None:
     three = (*SERVERS, server("pvs3", "10.0.0.13"))
     replicas = (replica("pvs1"), replica("pvs2"), replica("pvs3"))
-    # its own session says pvs1: pvs1 still looks alive (not dead_after yet) but it is left out
-    sessions = (
-        Session(1, MAC, "t1", "pvs1", 6911, 0.0, 0.0, "disk", 0.0),
-        dataclasses.replace(session("pvs2", 6911), id=2),
-        dataclasses.replace(session("pvs2", 6912), id=3),
-    )
-    placement = place(view(servers=three, replicas=replicas, sessions=sessions))
+    # its own session was on pvs1: pvs1 still looks alive (not dead_after yet) but it is left out
+    others = load(session("pvs2", 6911), session("pvs2", 6912))
+    placement = place(view(servers=three, replicas=replicas, load=others, leaving="pvs1"))
     assert placement is not None and placement.server.name == "pvs3"
 
 
 def test_the_targets_of_a_dead_server_spread_over_the_others() -> None:
     three = (*SERVERS, server("pvs3", "10.0.0.13"))
     replicas = (replica("pvs1"), replica("pvs2"), replica("pvs3"))
-    sessions = [
-        Session(n, f"52:54:00:00:01:{n:02x}", f"t{n}", "pvs1", 6911, 0.0, 0.0, "disk", 0.0)
-        for n in range(1, 5)
-    ]
+    placed: list[Session] = []
     chosen = []
-    for moving in range(1, 5):
-        placement = place(view(servers=three, replicas=replicas, sessions=tuple(sessions)), moving)
+    for _ in range(4):
+        placement = place(view(servers=three, replicas=replicas, load=load(*placed), leaving="pvs1"))
         assert placement is not None
         chosen.append(placement.server.name)
-        sessions[moving - 1] = dataclasses.replace(sessions[moving - 1], server=placement.server.name)
+        placed.append(session(placement.server.name, placement.io_port))
     assert sorted(chosen) == ["pvs2", "pvs2", "pvs3", "pvs3"]
 
 
 def test_no_placement_without_another_server_holding_the_version() -> None:
-    own = (Session(1, MAC, "t1", "pvs1", 6911, 0.0, 0.0, "disk", 0.0),)
-    assert place(view(replicas=(replica("pvs1"),), sessions=own)) is None
-    assert place(view(replicas=(replica("pvs2", number=2),), sessions=own)) is None
+    assert place(view(replicas=(replica("pvs1"),), leaving="pvs1")) is None
+    assert place(view(replicas=(replica("pvs2", number=2),), leaving="pvs1")) is None
+    assert place(view(vdisk=None, leaving="pvs1")) is None  # the vDisk is gone
+
+
+def test_a_returning_target_needs_a_replica_verified_against_its_versions_hash() -> None:
+    # pvs2 verified version 1 of an older image (another hash): it must not take the target
+    stale = (replica("pvs1"), replica("pvs2", sha="older"))
+    assert place(view(replicas=stale, leaving="pvs1")) is None
+    current = (replica("pvs1"), replica("pvs2", sha="older"), replica("pvs3"))
+    three = (*SERVERS, server("pvs3", "10.0.0.13"))
+    placement = place(view(servers=three, replicas=current, leaving="pvs1"))
+    assert placement is not None and placement.server.name == "pvs3"

@@ -8,7 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pvsd.stream.ticket import CacheType, Claims, TicketError, TicketProblem, issue_ticket, verify_ticket
+from pvsd.stream.ticket import CacheType, Claims, TicketError, issue_ticket, verify_ticket
+from pvsd.stream.wire import ErrorCode
 
 SECRET = secrets.token_hex(32)
 NOW = 1_795_600_000_000
@@ -21,13 +22,15 @@ CLAIMS = Claims(
     session=0xDEADBEEF01,
     issued_ms=NOW,
     expires_ms=NOW + 3_600_000,
+    disk_size=8 << 30,
+    sector_size=4096,
 )
 
 
-def refused(ticket: bytes, now: int = NOW + 1, secret: str = SECRET) -> TicketProblem:
+def refused(ticket: bytes, now: int = NOW + 1, secret: str = SECRET) -> ErrorCode:
     with pytest.raises(TicketError) as caught:
         verify_ticket(secret, ticket, now)
-    return caught.value.problem
+    return caught.value.code
 
 
 def test_round_trip() -> None:
@@ -43,25 +46,25 @@ def test_every_changed_byte_is_tampering_or_malformed() -> None:
         changed = bytearray(ticket)
         changed[index] ^= 0x01
         assert refused(bytes(changed)) in (
-            TicketProblem.TAMPERED,
-            TicketProblem.MALFORMED,
-            TicketProblem.WRONG_FARM,
+            ErrorCode.TICKET_TAMPERED,
+            ErrorCode.TICKET_MALFORMED,
+            ErrorCode.TICKET_WRONG_FARM,
         )
     body = bytearray(ticket)
     body[20] ^= 0x01  # inside the session id: well-formed, wrong signature
-    assert refused(bytes(body)) is TicketProblem.TAMPERED
+    assert refused(bytes(body)) is ErrorCode.TICKET_TAMPERED
 
 
 def test_expired_not_yet_valid_wrong_farm_malformed() -> None:
     ticket = issue_ticket(SECRET, CLAIMS)
-    assert refused(ticket, now=CLAIMS.expires_ms) is TicketProblem.EXPIRED
-    assert refused(ticket, now=NOW - 120_000) is TicketProblem.NOT_YET_VALID
+    assert refused(ticket, now=CLAIMS.expires_ms) is ErrorCode.TICKET_EXPIRED
+    assert refused(ticket, now=NOW - 120_000) is ErrorCode.TICKET_NOT_YET_VALID
     assert verify_ticket(SECRET, ticket, NOW - 30_000) == CLAIMS  # within the clock skew allowed
-    assert refused(ticket, secret=secrets.token_hex(32)) is TicketProblem.WRONG_FARM
-    assert refused(ticket[:-1]) is TicketProblem.MALFORMED
-    assert refused(ticket + b"x") is TicketProblem.MALFORMED
-    assert refused(b"") is TicketProblem.MALFORMED
-    assert refused(b"\x02" + ticket[1:]) is TicketProblem.MALFORMED
+    assert refused(ticket, secret=secrets.token_hex(32)) is ErrorCode.TICKET_WRONG_FARM
+    assert refused(ticket[:-1]) is ErrorCode.TICKET_MALFORMED
+    assert refused(ticket + b"x") is ErrorCode.TICKET_MALFORMED
+    assert refused(b"") is ErrorCode.TICKET_MALFORMED
+    assert refused(b"\x01" + ticket[1:]) is ErrorCode.TICKET_MALFORMED  # the format before geometry
 
 
 def test_messages_say_why() -> None:
