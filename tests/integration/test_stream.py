@@ -245,6 +245,27 @@ def test_reads_without_a_valid_ticket_are_refused(tmp_path: Path) -> None:
         assert {"TICKET_TAMPERED", "TICKET_OTHER_DEVICE"} <= refused, refused
 
 
+def test_a_4096_byte_sector_vdisk_keeps_its_geometry_through_a_failover(tmp_path: Path) -> None:
+    """The server a target fails over to never saw a fresh login of this vDisk: the geometry it
+    announces comes from the ticket, not from a memory of earlier logins."""
+    with stream_farm(tmp_path, size=1 << 20, sector_size=4096) as farm:
+        start_both(farm)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.settimeout(5)
+            header, reply = _login(sock, MAC)
+            assert isinstance(reply, LoginReply) and reply.sector_size == 4096
+            farm.processes["pvs1"].signal(signal.SIGKILL)
+            _, resumed = _ask(sock, encode(Login(MAC, 1400, reply.ticket), 8), ("127.0.0.12", 6910))
+            assert isinstance(resumed, LoginReply), resumed
+            assert (resumed.sector_size, resumed.disk_size) == (4096, 1 << 20)
+            assert str(resumed.io_address) == "127.0.0.12"
+            io = (str(resumed.io_address), resumed.io_port)
+            _, attached = _ask(sock, encode(Login(MAC, 1400, resumed.ticket), 9, header.session), io)
+            assert isinstance(attached, Keepalive)
+            _, data = _ask(sock, encode(Read(4096, 4096), 10, header.session), io)
+            assert data.payload[:1400] == farm.image.read_bytes()[4096 : 4096 + 1400]
+
+
 def test_login_refusals_have_their_own_codes(tmp_path: Path) -> None:
     with stream_farm(tmp_path, size=1 << 20) as farm:
         farm.run("device", "add", "52:54:00:00:00:02", "--name", "off", "--vdisk", "disk", "--disabled")

@@ -82,6 +82,7 @@ def stream_farm(
     database: str | None = None,
     image: Path | None = None,
     cache: str = "server",
+    sector_size: int = 512,
     **keys: str,
 ) -> Iterator[StreamFarm]:
     """Two servers (pvs1, pvs2) on 127.0.0.11/.12 sharing one SQLite farm, store and cache folder,
@@ -108,7 +109,9 @@ def stream_farm(
         size = image.stat().st_size
     farm = StreamFarm(env, tmp_path, image, sha, size)
     farm.run("farm", "init")
-    farm.run("vdisk", "import", "disk", str(image), "--cache", cache, "--quiet")
+    farm.run(
+        "vdisk", "import", "disk", str(image), "--cache", cache, "--sector-size", str(sector_size), "--quiet"
+    )
     farm.run("device", "add", "52:54:00:00:00:00", "--name", "t0", "--vdisk", "disk")
     with farm.stack:
         yield farm
