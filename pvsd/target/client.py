@@ -313,35 +313,30 @@ class StreamClient:
                 break
             except OSError:
                 continue
-            segment = len(data)
-            for level, kind, value in ancillary:
-                if level == SOL_UDP and kind == UDP_GRO:
-                    segment = (
-                        struct.unpack("=H", value[:2])[0]
-                        if len(value) == 2
-                        else struct.unpack("=i", value[:4])[0]
-                    )
-            if segment >= len(data):
-                progressed |= self._datagram(data, flow, now)
-                continue
-            # A coalesced burst: DATA are read in place, anything else goes the general way.
-            unpack_from, session, total = _DATA_HEAD.unpack_from, self.session, len(data)
-            for start in range(0, total, segment):
-                stop = min(start + segment, total)
-                if (
-                    flow is not None
-                    and data[start + 3] == MessageType.DATA
-                    and stop - start > _DATA_HEAD.size
-                ):
-                    magic, version, _, _, request_id, sent_session, offset = unpack_from(data, start)
-                    if magic == MAGIC and version == VERSION and sent_session == session:
-                        flow.receive_data(request_id, offset, data, start + _DATA_HEAD.size, now, stop)
-                        progressed = True
-                        continue
-                progressed |= self._datagram(data[start:stop], flow, now)
+            progressed |= self.received(data, gro_segment(ancillary), flow, now)
         if progressed:
             self._last_progress = now
         self._pump()
+
+    def received(self, data: bytes, segment: int | None, flow: Flow | None, now: float) -> bool:
+        """Feed what one receive call returned: one datagram, or with UDP_GRO (`segment`, the size
+        of all but the last) a burst of them coalesced. DATA are read in place, anything else goes
+        the general way. True if something matched a request or a control exchange."""
+        if segment is None or segment <= 0 or segment >= len(data):
+            return self._datagram(data, flow, now)
+        progressed = False
+        unpack_from, session, total = _DATA_HEAD.unpack_from, self.session, len(data)
+        for start in range(0, total, segment):
+            stop = min(start + segment, total)
+            # The length first: the last segment of a burst may be short, even shorter than a header.
+            if flow is not None and stop - start > _DATA_HEAD.size and data[start + 3] == MessageType.DATA:
+                magic, version, _, _, request_id, sent_session, offset = unpack_from(data, start)
+                if magic == MAGIC and version == VERSION and sent_session == session:
+                    flow.receive_data(request_id, offset, data, start + _DATA_HEAD.size, now, stop)
+                    progressed = True
+                    continue
+            progressed |= self._datagram(data[start:stop], flow, now)
+        return progressed
 
     def _datagram(self, data: bytes, flow: Flow | None, now: float) -> bool:
         if flow is not None and len(data) > HEADER_SIZE + 8 and data[3] == MessageType.DATA:
@@ -417,6 +412,17 @@ class StreamClient:
                 asyncio.get_running_loop().remove_reader(self._sock.fileno())
             self._sock.close()
             self._sock = None
+
+
+def gro_segment(ancillary: Sequence[tuple[int, int, bytes]]) -> int | None:
+    """The segment size the kernel reports for a coalesced (UDP_GRO) receive, or None."""
+    for level, kind, value in ancillary:
+        if level == SOL_UDP and kind == UDP_GRO:
+            if len(value) >= 4:
+                return int(struct.unpack("=i", value[:4])[0])
+            if len(value) >= 2:
+                return int(struct.unpack("=H", value[:2])[0])
+    return None
 
 
 def _refused(reply: ErrorReply) -> StreamError:
