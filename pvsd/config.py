@@ -194,6 +194,11 @@ class TftpConfig:
     enabled: bool = _key(True, "serve boot files over TFTP")
     port: int = _key(69, "UDP port of the TFTP service", _port)
     root: str = _key("/srv/tftp", "folder of the files served; names resolve inside it only")
+    ipxe_dir: str = _key(
+        "/usr/lib/ipxe",
+        "the installed iPXE binaries (Debian's ipxe package): files missing from root are served from "
+        "here; empty: root only",
+    )
     bind: str = _key("", "listen address for TFTP; empty means [server] bind", _ipv4_or_empty)
     max_transfers: int = _key(
         500, "transfers at once; more requests get TFTP error 3 (server busy)", _positive

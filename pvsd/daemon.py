@@ -18,6 +18,7 @@ from pvsd.farm.devices import DeviceView
 from pvsd.farm.membership import Membership
 from pvsd.farm.records import Server
 from pvsd.farm.store import FarmStore, open_store
+from pvsd.preflight import boot_file_problems
 from pvsd.privileges import drop_privileges
 from pvsd.stream.service import StreamService, stream_ports
 from pvsd.tftp.server import TftpServer
@@ -122,6 +123,9 @@ async def _start_services(
             services += await _start_tftp(config, farm, this, membership, devices, template, log)
         if config.dhcp.enabled:
             services.append(await _start_dhcp(config, devices, log))
+            for problem in boot_file_problems(config):
+                # A target offered this file stops with "file not found", far from any log: say it here.
+                log.error("offered boot file cannot be served", key=problem.key, problem=problem.message)
         if config.stream.enabled or config.login.enabled:
             services.append(await _start_stream(config, secret, membership, log))
     except BaseException:

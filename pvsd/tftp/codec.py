@@ -12,7 +12,7 @@ import enum
 import struct
 from dataclasses import dataclass, field
 
-from pvsd.net.reader import DecodeError, Reader
+from pvsd.net.reader import DecodeError, ProtocolError, Reader
 
 __all__ = [
     "MAX_BLKSIZE",
@@ -25,6 +25,7 @@ __all__ = [
     "OptionAck",
     "Packet",
     "ReadRequest",
+    "TftpError",
     "WriteRequest",
     "data_header",
     "decode",
@@ -60,6 +61,16 @@ class ErrorCode(enum.IntEnum):
     FILE_EXISTS = 6
     NO_SUCH_USER = 7
     OPTION_REFUSED = 8
+
+
+class TftpError(ProtocolError):
+    """A request this server refuses: answered with an ERROR packet carrying `code` and the reason."""
+
+    code: ErrorCode
+
+    def __init__(self, code: ErrorCode, reason: str) -> None:
+        super().__init__(code, reason)
+        self.code = code
 
 
 Options = tuple[tuple[str, str], ...]

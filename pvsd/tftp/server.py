@@ -19,7 +19,7 @@ import structlog
 
 from pvsd.config import TftpConfig
 from pvsd.log import request_logger
-from pvsd.net.reader import DecodeError, ProtocolError
+from pvsd.net.reader import DecodeError
 from pvsd.net.udp import Address, UdpEndpoint, path_mtu
 from pvsd.tftp.codec import (
     MAX_BLKSIZE,
@@ -28,6 +28,7 @@ from pvsd.tftp.codec import (
     Opcode,
     Packet,
     ReadRequest,
+    TftpError,
     WriteRequest,
     decode,
     encode,
@@ -110,7 +111,8 @@ class TftpServer:
     def from_config(
         cls, config: TftpConfig, log: structlog.stdlib.BoundLogger, reuse_port: bool = False
     ) -> TftpServer:
-        registry = SourceRegistry(Path(config.root), FileCache(config.cache_mb << 20))
+        fallbacks = [Path(config.ipxe_dir)] if config.ipxe_dir else []
+        registry = SourceRegistry(Path(config.root), FileCache(config.cache_mb << 20), fallbacks)
         return cls(config, registry, log, reuse_port)
 
     @property
@@ -219,10 +221,10 @@ class TftpServer:
             check_request(request)
             source = await self.registry.open(request.filename, netascii=request.mode == "netascii")
             endpoint, own = self._transfer_endpoint(peer)
-        except (ProtocolError, OSError) as error:
+        except (TftpError, OSError) as error:
             if source is not None:
                 source.close()
-            if isinstance(error, ProtocolError):
+            if isinstance(error, TftpError):
                 self._refuse(peer, log, request.filename, error.code, error.message)
             else:
                 log.error("TFTP transfer could not start", error=str(error))

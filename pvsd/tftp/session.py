@@ -18,7 +18,6 @@ import enum
 from dataclasses import dataclass
 from typing import Protocol
 
-from pvsd.net.reader import ProtocolError
 from pvsd.tftp.codec import (
     MAX_BLKSIZE,
     MIN_BLKSIZE,
@@ -29,6 +28,7 @@ from pvsd.tftp.codec import (
     Options,
     Packet,
     ReadRequest,
+    TftpError,
     data_header,
     encode,
 )
@@ -85,7 +85,7 @@ class Summary:
 def check_request(request: ReadRequest) -> None:
     """Refuse what no file source can serve, whatever the file: a bad mode."""
     if request.mode not in MODES:
-        raise ProtocolError(ErrorCode.ILLEGAL_OPERATION, f"transfer mode {request.mode!r} is not supported")
+        raise TftpError(ErrorCode.ILLEGAL_OPERATION, f"transfer mode {request.mode!r} is not supported")
 
 
 def _int_option(value: str, low: int, high: int) -> int | None:

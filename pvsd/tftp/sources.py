@@ -1,8 +1,11 @@
 """Where TFTP data comes from: files under the root, kept safe and shared, and published files.
 
-A requested name is checked before anything touches the disk: NUL bytes, backslashes, a
-leading `/`, `..` components, symlinks that leave the root, and anything that is not a
-regular file are each refused with their own reason. Files up to a bound are read once
+A requested name is checked before anything touches the disk: NUL bytes, backslashes, `..`
+components, symlinks that leave the root, and anything that is not a regular file are each
+refused with their own reason. Leading slashes name the root, as real firmware and boot
+loaders send them (`/pxelinux.0`) and tftp-hpa (`-s`) and dnsmasq serve them. A name missing
+from the root is looked for in the fallback folders (the installed iPXE binaries), with the
+same checks. Files up to a bound are read once
 into memory and shared by every transfer that wants them (a boot storm reads the disk
 once); larger ones are read per block with pread, sharing the kernel's page cache.
 """
@@ -13,13 +16,12 @@ import asyncio
 import os
 import stat
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from pvsd.net.reader import ProtocolError
-from pvsd.tftp.codec import ErrorCode
+from pvsd.tftp.codec import ErrorCode, TftpError
 
 __all__ = [
     "BytesSource",
@@ -27,6 +29,7 @@ __all__ = [
     "FileSource",
     "Source",
     "SourceRegistry",
+    "find_file",
     "resolve_path",
     "to_netascii",
 ]
@@ -89,20 +92,38 @@ def to_netascii(data: bytes) -> bytes:
     return data.replace(b"\r", b"\r\0").replace(b"\n", b"\r\n")
 
 
-def _refuse(reason: str, code: ErrorCode = ErrorCode.ACCESS_VIOLATION) -> ProtocolError:
-    return ProtocolError(code, reason)
+def _refuse(reason: str, code: ErrorCode = ErrorCode.ACCESS_VIOLATION) -> TftpError:
+    return TftpError(code, reason)
 
 
-def resolve_path(root: Path, name: str) -> Path:
-    """The real path of `name` inside `root`, or ProtocolError with the reason it is refused."""
+def find_file(roots: Sequence[Path], name: str) -> Path:
+    """`name` in the first of `roots` that has it; a refusal other than "no such file" (a
+    traversal, a symlink out) stops the search at once. The roots after the first are package
+    folders (Debian's /usr/lib/ipxe links ipxe.efi to /boot/ipxe.efi): their own symlinks may
+    point elsewhere, the name still may not."""
+    missing: TftpError | None = None
+    for index, root in enumerate(roots):
+        try:
+            return resolve_path(root, name, links_may_leave=index > 0)
+        except TftpError as refusal:
+            if refusal.code is not ErrorCode.FILE_NOT_FOUND:
+                raise
+            missing = missing or refusal
+    raise missing or _refuse("no such file", ErrorCode.FILE_NOT_FOUND)
+
+
+def resolve_path(root: Path, name: str, links_may_leave: bool = False) -> Path:
+    """The real path of `name` inside `root` (leading slashes name the root), or TftpError with
+    the reason it is refused. `links_may_leave` trusts the folder's own symlinks to point out."""
     if not name:
         raise _refuse("empty file name")
     if "\0" in name:
         raise _refuse("NUL byte in file name")
     if "\\" in name:
         raise _refuse("backslash in file name")
-    if name.startswith("/"):
-        raise _refuse("absolute path")
+    name = name.lstrip("/")
+    if not name:
+        raise _refuse("no file name after the leading slash")
     if ".." in name.split("/"):
         raise _refuse("parent directory (..) in file name")
     real_root = root.resolve()
@@ -112,7 +133,7 @@ def resolve_path(root: Path, name: str) -> Path:
         raise _refuse("no such file", ErrorCode.FILE_NOT_FOUND) from None
     except (OSError, RuntimeError) as error:  # symlink loops, unreadable folders
         raise _refuse(f"cannot resolve: {error}") from None
-    if not real.is_relative_to(real_root):
+    if not links_may_leave and not real.is_relative_to(real_root):
         raise _refuse("symlink points outside the TFTP root")
     try:
         mode = real.stat().st_mode
@@ -219,14 +240,15 @@ def _read_all(fd: int, size: int) -> bytes:
 
 
 class SourceRegistry:
-    """Published files by exact name first, then files under the root.
+    """Published files by exact name first, then files under the root, then in the fallbacks.
 
     Published files (such as pvs.bootstrap) are generated elsewhere and replaced whole
     whenever their content changes; a transfer keeps the version it started with.
     """
 
-    def __init__(self, root: Path, cache: FileCache) -> None:
+    def __init__(self, root: Path, cache: FileCache, fallbacks: Sequence[Path] = ()) -> None:
         self.root = root
+        self.roots = (root, *fallbacks)
         self.cache = cache
         self._published: dict[str, bytes] = {}
         self._defaults: dict[str, bytes] = {}
@@ -246,12 +268,13 @@ class SourceRegistry:
         return sorted(self._published)
 
     async def open(self, name: str, netascii: bool) -> Source:
-        data = self._published.get(name)
+        key = name.lstrip("/")  # `/pvs.ipxe` is pvs.ipxe, as for files under the root
+        data = self._published.get(key)
         if data is None:
-            data = next((value for prefix, value in self._defaults.items() if name.startswith(prefix)), None)
+            data = next((value for prefix, value in self._defaults.items() if key.startswith(prefix)), None)
         if data is not None:
             return BytesSource(to_netascii(data) if netascii else data)
-        path = resolve_path(self.root, name)
+        path = find_file(self.roots, name)
         try:
             source = await self.cache.open(path)
         except PermissionError:

@@ -192,7 +192,8 @@ def test_200_clients_at_once(server: tuple[ServeProcess, Address], root: Path) -
     ("name", "code", "reason"),
     [
         ("../etc/passwd", ErrorCode.ACCESS_VIOLATION, "parent directory"),
-        ("/etc/passwd", ErrorCode.ACCESS_VIOLATION, "absolute path"),
+        ("/../etc/passwd", ErrorCode.ACCESS_VIOLATION, "parent directory"),
+        ("/etc/passwd", ErrorCode.FILE_NOT_FOUND, "no such file"),  # a leading slash names the root
         ("boot\\script.txt", ErrorCode.ACCESS_VIOLATION, "backslash"),
         ("boot", ErrorCode.ACCESS_VIOLATION, "not a regular file"),
         ("nothing-here", ErrorCode.FILE_NOT_FOUND, "no such file"),
@@ -204,6 +205,66 @@ def test_unsafe_requests_get_an_error_and_a_logged_reason(
     reply, _ = exchange(server[1], encode(ReadRequest(name, "octet")))
     assert reply == Error(code, reply.message) and reason in reply.message  # type: ignore[union-attr]
     wait_for(lambda: any(e.get("reason", "").startswith(reason) for e in server[0].log_events()), timeout=5)
+
+
+@pytest.mark.parametrize("client", ["tftp-hpa", "atftp"])
+def test_a_leading_slash_names_the_root_as_firmware_asks(
+    server: tuple[ServeProcess, Address], root: Path, tmp_path: Path, client: str
+) -> None:
+    out = tmp_path / "script.txt"
+    host, port = server[1]
+    if client == "tftp-hpa":
+        command = ["tftp", "-m", "binary", host, str(port), "-c", "get", "/boot/script.txt", str(out)]
+    else:
+        command = ["atftp", "-g", "-r", "/boot/script.txt", "-l", str(out), host, str(port)]
+    done = subprocess.run(command, capture_output=True, timeout=30, check=False)
+    assert done.returncode == 0, done
+    assert out.read_bytes() == TEXT
+    content, _ = fetch(server[1], "/pvs.bootstrap")  # generated files too
+    assert b"pvsd-bootstrap" in content
+
+
+IPXE = Path("/usr/lib/ipxe")
+
+
+def test_the_offered_ipxe_binaries_are_served_out_of_the_box(tmp_path: Path) -> None:
+    """The default root lacks them: they come from the installed iPXE package (Debian's ipxe)."""
+    empty = tmp_path / "root"
+    empty.mkdir()
+    dhcp = {
+        "dhcp__enabled": "true",
+        "dhcp__bind": HOST,
+        "dhcp__port": str(free_port(HOST, socket.SOCK_DGRAM)),
+        "dhcp__pxe_port": str(free_port(HOST, socket.SOCK_DGRAM)),
+    }
+    with tftp_server(tmp_path, empty, **dhcp) as (process, address):
+        for name in ("undionly.kpxe", "/snponly.efi", "ipxe.efi"):
+            content, _ = fetch(address, name, options=(("blksize", "1468"),))
+            assert content == (IPXE / name.lstrip("/")).read_bytes()
+        assert not [e for e in process.log_events() if e["event"] == "offered boot file cannot be served"]
+
+
+def test_an_offered_boot_file_that_cannot_be_served_is_logged_at_start(tmp_path: Path) -> None:
+    empty = tmp_path / "root"
+    empty.mkdir()
+    dhcp = {
+        "dhcp__enabled": "true",
+        "dhcp__bind": HOST,
+        "dhcp__port": str(free_port(HOST, socket.SOCK_DGRAM)),
+        "dhcp__pxe_port": str(free_port(HOST, socket.SOCK_DGRAM)),
+        "dhcp__bootfiles__uefi_arm64": "arm.efi",
+    }
+    with tftp_server(tmp_path, empty, tftp__ipxe_dir="", **dhcp) as (process, _):
+        problems = {
+            e["key"]: e["problem"]
+            for e in process.log_events()
+            if e["event"] == "offered boot file cannot be served" and e["level"] == "error"
+        }
+    assert set(problems) == {"dhcp.bootfiles.bios", "dhcp.bootfiles.uefi_x64", "dhcp.bootfiles.uefi_arm64"}
+    assert "undionly.kpxe" in problems["dhcp.bootfiles.bios"]
+    env = pvsd_env(f"sqlite:///{tmp_path}/farm.db", tftp__root=str(empty), tftp__ipxe_dir="", **dhcp)
+    result = pvsd(env, "config", "check")
+    assert result.returncode == 1 and "dhcp.bootfiles.bios: undionly.kpxe is offered" in result.stdout
 
 
 def test_symlinks_out_of_the_root_are_refused(tmp_path: Path, root: Path) -> None:

@@ -8,9 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from pvsd.net.reader import ProtocolError
-from pvsd.tftp.codec import ErrorCode
-from pvsd.tftp.sources import FileCache, SourceRegistry, resolve_path, to_netascii
+from pvsd.tftp.codec import ErrorCode, TftpError
+from pvsd.tftp.sources import FileCache, SourceRegistry, find_file, resolve_path, to_netascii
 
 
 @pytest.fixture
@@ -32,7 +31,9 @@ def root(tmp_path: Path) -> Path:
         ("", "empty file name", ErrorCode.ACCESS_VIOLATION),
         ("a\0b", "NUL byte", ErrorCode.ACCESS_VIOLATION),
         ("sub\\file", "backslash", ErrorCode.ACCESS_VIOLATION),
-        ("/etc/passwd", "absolute path", ErrorCode.ACCESS_VIOLATION),
+        ("/", "no file name after the leading slash", ErrorCode.ACCESS_VIOLATION),
+        ("/../secret", "parent directory", ErrorCode.ACCESS_VIOLATION),
+        ("/etc/passwd", "no such file", ErrorCode.FILE_NOT_FOUND),  # the root's etc/passwd: none
         ("../secret", "parent directory", ErrorCode.ACCESS_VIOLATION),
         ("sub/../../secret", "parent directory", ErrorCode.ACCESS_VIOLATION),
         ("escape", "symlink points outside", ErrorCode.ACCESS_VIOLATION),
@@ -44,7 +45,7 @@ def root(tmp_path: Path) -> Path:
 def test_unsafe_or_missing_names_are_refused_with_a_reason(
     root: Path, name: str, reason: str, code: ErrorCode
 ) -> None:
-    with pytest.raises(ProtocolError) as caught:
+    with pytest.raises(TftpError) as caught:
         resolve_path(root, name)
     assert reason in caught.value.message
     assert caught.value.code == code
@@ -53,7 +54,7 @@ def test_unsafe_or_missing_names_are_refused_with_a_reason(
 @pytest.mark.skipif(os.geteuid() != 0, reason="making a device node needs root")
 def test_device_files_are_refused(root: Path) -> None:
     os.mknod(root / "zero", 0o600 | 0o020000, os.makedev(1, 5))  # a character device like /dev/zero
-    with pytest.raises(ProtocolError, match="not a regular file"):
+    with pytest.raises(TftpError, match="not a regular file"):
         resolve_path(root, "zero")
 
 
@@ -61,6 +62,26 @@ def test_safe_names_resolve_inside_the_root(root: Path) -> None:
     assert resolve_path(root, "boot.ipxe") == (root / "boot.ipxe").resolve()
     assert resolve_path(root, "./sub//file") == (root / "sub" / "file").resolve()
     assert resolve_path(root, "inner-link") == (root / "sub" / "file").resolve()
+
+
+def test_leading_slashes_name_the_root_as_firmware_sends_them(root: Path) -> None:
+    assert resolve_path(root, "/boot.ipxe") == (root / "boot.ipxe").resolve()
+    assert resolve_path(root, "//sub/file") == (root / "sub" / "file").resolve()
+
+
+def test_a_file_missing_from_the_root_is_found_in_a_fallback_with_the_same_checks(
+    root: Path, tmp_path: Path
+) -> None:
+    fallback = tmp_path / "ipxe"
+    fallback.mkdir()
+    (fallback / "undionly.kpxe").write_bytes(b"ipxe")
+    (fallback / "boot.ipxe").write_bytes(b"not this one")
+    assert find_file([root, fallback], "/undionly.kpxe") == (fallback / "undionly.kpxe").resolve()
+    assert find_file([root, fallback], "boot.ipxe") == (root / "boot.ipxe").resolve()  # the root first
+    with pytest.raises(TftpError, match="parent directory"):
+        find_file([root, fallback], "../ipxe/undionly.kpxe")
+    with pytest.raises(TftpError, match="no such file"):
+        find_file([root, fallback], "missing")
 
 
 def test_netascii() -> None:
