@@ -28,7 +28,8 @@ import structlog
 from pvsd.config import TargetConfig
 from pvsd.stream.ticket import CacheType
 from pvsd.target.client import StreamClient
-from pvsd.target.nbd import NbdServer, NoSpace
+from pvsd.target.nbd import NbdServer
+from pvsd.target.nbd_codec import Errno, NbdError
 from pvsd.vdisk.cache import CacheFull, WriteCache
 
 __all__ = ["AgentStatus", "StreamedDisk", "run_agent"]
@@ -78,7 +79,7 @@ class StreamedDisk:
             except CacheFull as error:
                 self.writes_refused += 1
                 self.log.error("write cache full: the guest gets ENOSPC", reason=str(error))
-                raise NoSpace(str(error)) from None
+                raise NbdError(Errno.ENOSPC, str(error)) from None
         self.bytes_written += len(data)
 
     async def flush(self) -> None:

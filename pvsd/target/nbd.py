@@ -34,6 +34,7 @@ from pvsd.target.nbd_codec import (
     Errno,
     Export,
     HandshakeFlag,
+    NbdError,
     Negotiation,
     Phase,
     Request,
@@ -51,7 +52,6 @@ __all__ = [
     "FileBackend",
     "MemoryBackend",
     "NbdServer",
-    "NoSpace",
     "export_for",
 ]
 
@@ -65,10 +65,6 @@ _ZERO_CHUNK = 1 << 20
 _WRITES = (Command.WRITE, Command.TRIM, Command.WRITE_ZEROES)
 
 
-class NoSpace(Exception):
-    """The backend has no room for this write (a full write cache): the client gets ENOSPC."""
-
-
 class BlockBackend(Protocol):
     """What the NBD server exports. Offsets and lengths are already checked against size and block size."""
 
@@ -79,7 +75,8 @@ class BlockBackend(Protocol):
     async def read(self, offset: int, length: int) -> bytes: ...
 
     async def write(self, offset: int, data: bytes) -> None:
-        """May raise NoSpace, or OSError (ENOSPC, EDQUOT and EFBIG count as no space, the rest as EIO)."""
+        """May raise NbdError (Errno.ENOSPC for a full write cache), or OSError (ENOSPC, EDQUOT and
+        EFBIG count as no space, the rest as EIO)."""
         ...
 
     async def flush(self) -> None: ...
@@ -146,8 +143,8 @@ class _Budget:
 
 
 def _errno_of(error: BaseException) -> Errno:
-    if isinstance(error, NoSpace):
-        return Errno.ENOSPC
+    if isinstance(error, NbdError):
+        return error.code
     if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
         return Errno.ENOSPC  # proto.md "Error values": EDQUOT and EFBIG map to ENOSPC
     return Errno.EIO
@@ -223,19 +220,21 @@ class _Connection:
             request = decode_request(await self.reader.readexactly(REQUEST_HEADER_SIZE))
             if request.type == Command.DISC:
                 return "client disconnected"
-            error = check_request(request, export)
-            if request.type == Command.WRITE and error != Errno.OK:
-                await self._drain(request.length)
-            if error != Errno.OK:
+            try:
+                check_request(request, export)
+            except NbdError as refused:
+                if request.type == Command.WRITE:
+                    await self._drain(request.length)
                 self.log.info(
                     "nbd request refused",
                     command=_command_name(request.type),
                     offset=request.offset,
                     length=request.length,
                     flags=request.flags,
-                    error=error.name,
+                    error=refused.code.name,
+                    reason=refused.message,
                 )
-                await self._send(encode_simple_reply(request.cookie, error))
+                await self._send(encode_simple_reply(request.cookie, refused.code))
                 continue
             cost = request.length if request.type in (Command.READ, Command.WRITE) else 0
             await self.budget.acquire(cost)

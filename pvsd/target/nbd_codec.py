@@ -8,7 +8,7 @@ Three parts, all pure:
 * encoders and decoders for the handshake and the transmission headers. Decoders return a
   value or raise DecodeError and nothing else; any other exception out of them is a bug;
 * `Negotiation`, the option-haggling state machine: options in, reply bytes and the next
-  phase out. `check_request` decides the error (if any) a transmission request gets before
+  phase out. `check_request` raises the NbdError (if any) a transmission request gets before
   it reaches the backend.
 
 Structured replies are refused (NBD_REP_ERR_UNSUP), which proto.md allows: every client
@@ -23,7 +23,7 @@ import enum
 import struct
 from dataclasses import dataclass
 
-from pvsd.net.reader import DecodeError, Reader
+from pvsd.net.reader import DecodeError, ProtocolError, Reader
 
 __all__ = [
     "CLIENT_FLAGS_SIZE",
@@ -47,6 +47,7 @@ __all__ = [
     "HandshakeFlag",
     "InfoRequest",
     "InfoType",
+    "NbdError",
     "Negotiation",
     "OptionOutcome",
     "OptionReply",
@@ -225,6 +226,16 @@ class Errno(enum.IntEnum):
     EOVERFLOW = 75
     ENOTSUP = 95
     ESHUTDOWN = 108
+
+
+class NbdError(ProtocolError):
+    """A request refused or failed: answered with `code` in its reply (never Errno.OK)."""
+
+    code: Errno
+
+    def __init__(self, code: Errno, reason: str) -> None:
+        super().__init__(code, reason)
+        self.code = code
 
 
 class Phase(enum.Enum):
@@ -539,8 +550,8 @@ _WRITES = (Command.WRITE, Command.TRIM, Command.WRITE_ZEROES)
 _RANGED = (Command.READ, Command.WRITE, Command.TRIM, Command.WRITE_ZEROES)
 
 
-def check_request(request: Request, export: Export) -> Errno:
-    """The error a request gets before it reaches the backend, or Errno.OK to run it.
+def check_request(request: Request, export: Export) -> None:
+    """Raise NbdError with the error a request gets before it reaches the backend; return to run it.
 
     proto.md "Error values" and "Block size constraints": EINVAL for unknown commands and
     flags, misalignment, and lengths over the maximum; EPERM for writes to a read-only
@@ -549,24 +560,27 @@ def check_request(request: Request, export: Export) -> Errno:
     try:
         command = Command(request.type)
     except ValueError:
-        return Errno.EINVAL
+        raise NbdError(Errno.EINVAL, f"unknown command {request.type}") from None
     if command not in (*_RANGED, Command.FLUSH):
-        return Errno.EINVAL  # DISC is handled before this; CACHE, BLOCK_STATUS, RESIZE are not offered
+        # DISC is handled before this; CACHE, BLOCK_STATUS, RESIZE are not offered
+        raise NbdError(Errno.EINVAL, f"{command.name} is not offered")
     # FUA is accepted on every command: proto.md notes clients set it on reads too, and
     # ignoring it where nothing is written is allowed.
     allowed = CommandFlag.FUA | (CommandFlag.NO_HOLE if command == Command.WRITE_ZEROES else 0)
     if request.flags & ~int(allowed):
-        return Errno.EINVAL
+        raise NbdError(Errno.EINVAL, f"flags {request.flags:#x} not allowed on {command.name}")
     if command in _WRITES and export.read_only:
-        return Errno.EPERM
+        raise NbdError(Errno.EPERM, "the export is read-only")
     if command == Command.FLUSH:
-        return Errno.OK if request.offset == 0 and request.length == 0 else Errno.EINVAL
+        if request.offset or request.length:
+            raise NbdError(Errno.EINVAL, "a FLUSH has no range")
+        return
     if request.offset % export.min_block or request.length % export.min_block:
-        return Errno.EINVAL
+        raise NbdError(Errno.EINVAL, f"not aligned to {export.min_block}-byte blocks")
     # TRIM and WRITE_ZEROES carry no payload, so a long one costs us no memory: accept it
     # rather than fail a client that splits zeroing differently from reads and writes.
     if command in (Command.READ, Command.WRITE) and request.length > export.max_block:
-        return Errno.EINVAL
+        raise NbdError(Errno.EINVAL, f"longer than the maximum block of {export.max_block} bytes")
     if request.offset + request.length > export.size:
-        return Errno.ENOSPC if command in (Command.WRITE, Command.WRITE_ZEROES) else Errno.EINVAL
-    return Errno.OK
+        code = Errno.ENOSPC if command in (Command.WRITE, Command.WRITE_ZEROES) else Errno.EINVAL
+        raise NbdError(code, f"past the end of the export ({export.size} bytes)")

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from pvsd.target.nbd import BlockBackend, FileBackend, MemoryBackend, NbdServer, NoSpace
+from pvsd.target.nbd import BlockBackend, FileBackend, MemoryBackend, NbdServer
 from pvsd.target.nbd_codec import (
     SIMPLE_REPLY_HEADER_SIZE,
     Command,
@@ -33,6 +33,7 @@ from pvsd.target.nbd_codec import (
     Errno,
     InfoRequest,
     InfoType,
+    NbdError,
     OptionReply,
     OptionType,
     Request,
@@ -431,7 +432,7 @@ class FailingBackend(MemoryBackend):
 
     async def write(self, offset: int, data: bytes) -> None:
         if offset < 4096:
-            raise NoSpace("write cache full")
+            raise NbdError(Errno.ENOSPC, "write cache full")
         if offset < 8192:
             raise OSError(errno.EDQUOT, "quota")
         if offset < 12288:
