@@ -19,6 +19,7 @@ import structlog
 from pvsd.config import DhcpConfig
 from pvsd.dhcp.codec import decode, encode
 from pvsd.dhcp.policy import ArchFamily, BootPolicy, Decision, Strategy, decide, reply_destination
+from pvsd.errors import Misuse
 from pvsd.log import request_logger
 from pvsd.net.reader import DecodeError
 from pvsd.net.udp import Address, UdpEndpoint
@@ -133,7 +134,8 @@ class DhcpServer:
         if decision.reply is None:
             self._ignored(decision, log)
             return
-        assert decision.mac is not None
+        if decision.mac is None:
+            raise Misuse("the policy answered a request without a MAC")
         if not self._within_budget(decision.mac):
             self.stats.rate_limited += 1
             log.debug("DHCP request over the per-MAC rate; dropped")
@@ -161,9 +163,8 @@ class DhcpServer:
             self.stats.queue_full += 1
             log.warning("too many delayed offers waiting; offer dropped", queue=self.config.queue)
         else:
-            assert self._loop is not None
             self._delayed += 1
-            self._loop.call_later(delay, self._send_delayed, endpoint, wire, destination)
+            self._running_loop().call_later(delay, self._send_delayed, endpoint, wire, destination)
 
     def _send_delayed(self, endpoint: UdpEndpoint | None, wire: bytes, destination: Address) -> None:
         self._delayed -= 1
@@ -173,9 +174,13 @@ class DhcpServer:
         if endpoint is not None:
             endpoint.send(wire, destination)
 
+    def _running_loop(self) -> asyncio.AbstractEventLoop:
+        if self._loop is None:
+            raise Misuse("DhcpServer.start() first")
+        return self._loop
+
     def _within_budget(self, mac: str) -> bool:
-        assert self._loop is not None
-        second = int(self._loop.time())
+        second = int(self._running_loop().time())
         start, count = self._budget.get(mac, (second, 0))
         if start != second:
             start, count = second, 0
@@ -193,8 +198,7 @@ class DhcpServer:
         if decision.family is None and decision.reason.startswith(("not a", "message type")):
             log.debug("DHCP request ignored", reason=decision.reason)
             return
-        assert self._loop is not None
-        now = self._loop.time()
+        now = self._running_loop().time()
         key = f"{decision.mac} {decision.reason}"
         if now - self._not_answered_logged.get(key, -1e9) < NOT_ANSWERED_LOG_INTERVAL_S:
             return

@@ -7,6 +7,7 @@ from contextlib import contextmanager
 
 import psycopg
 
+from pvsd.errors import Misuse
 from pvsd.farm.backend import Connection, Cursor, redact_url
 from pvsd.farm.errors import StoreUnavailable
 
@@ -34,7 +35,8 @@ class PostgresBackend:
 
     @contextmanager
     def transaction(self, connection: Connection, write: bool) -> Iterator[Cursor]:
-        assert isinstance(connection, psycopg.Connection)
+        if not isinstance(connection, psycopg.Connection):
+            raise Misuse(f"a PostgreSQL transaction on a {type(connection).__name__}")
         with connection.transaction(), connection.cursor() as cursor:
             yield cursor
 

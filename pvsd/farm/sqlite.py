@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from pvsd.errors import Misuse
 from pvsd.farm.backend import Connection, Cursor
 from pvsd.farm.errors import FarmNotInitialised, StoreUnavailable
 
@@ -45,7 +46,8 @@ class SqliteBackend:
 
     @contextmanager
     def transaction(self, connection: Connection, write: bool) -> Iterator[Cursor]:
-        assert isinstance(connection, sqlite3.Connection)
+        if not isinstance(connection, sqlite3.Connection):
+            raise Misuse(f"a SQLite transaction on a {type(connection).__name__}")
         cursor = connection.cursor()
         # IMMEDIATE takes the write lock up front, so two writers queue on busy_timeout
         # instead of one failing with "database is locked" when it upgrades its lock.

@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TextIO
 
-from pvsd.errors import Failure
+from pvsd.errors import Failure, Misuse
 
 __all__ = ["BootResult", "Firmware", "clean_console", "qemu_command", "run_until"]
 
@@ -98,7 +98,8 @@ def run_until(
         )
     except FileNotFoundError as error:
         raise Failure(f"{argv[0]} is not installed") from error
-    assert process.stdout is not None
+    if process.stdout is None:
+        raise Misuse("QEMU was started without a stdout pipe")
     if on_start is not None:
         on_start(process.pid)
     fd = process.stdout.fileno()

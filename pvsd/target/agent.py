@@ -26,7 +26,9 @@ from typing import Any
 import structlog
 
 from pvsd.config import TargetConfig
+from pvsd.errors import Misuse
 from pvsd.stream.ticket import CacheType
+from pvsd.stream.wire import LoginReply
 from pvsd.target.client import StreamClient
 from pvsd.target.nbd import NbdServer
 from pvsd.target.nbd_codec import Errno, NbdError
@@ -44,12 +46,14 @@ class StreamedDisk:
     def __init__(
         self, client: StreamClient, cache: WriteCache | None, log: structlog.stdlib.BoundLogger
     ) -> None:
-        assert client.reply is not None
+        reply = client.reply
+        if reply is None:
+            raise Misuse("a StreamedDisk needs a connected client")
         self.client = client
         self.cache = cache
         self.log = log
-        self.size = client.reply.disk_size
-        self.block_size = client.reply.sector_size
+        self.size = reply.disk_size
+        self.block_size = reply.sector_size
         self.read_only = False
         self.bytes_read = 0
         self.bytes_written = 0
@@ -114,13 +118,12 @@ class AgentStatus:
     updated: float = 0.0
 
 
-def _mode(client: StreamClient) -> str:
-    assert client.reply is not None
-    if client.reply.private:
+def _mode(reply: LoginReply) -> str:
+    if reply.private:
         return "private"
     return (
         "standard, cache on the server"
-        if client.reply.cache_type == CacheType.SERVER
+        if reply.cache_type == CacheType.SERVER
         else "standard, cache on the device"
     )
 
@@ -158,7 +161,7 @@ async def run_agent(
         )
     disk = StreamedDisk(client, cache, log)
     server = NbdServer(disk, export)
-    status = AgentStatus(mac=client.mac, pid=os.getpid(), disk_size=reply.disk_size, mode=_mode(client))
+    status = AgentStatus(mac=client.mac, pid=os.getpid(), disk_size=reply.disk_size, mode=_mode(reply))
     try:
         if nbd_unix is not None:
             await server.start_unix(str(nbd_unix))

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import structlog
 
 from pvsd.config import TargetConfig
-from pvsd.errors import Failure
+from pvsd.errors import Failure, Misuse
 from pvsd.net.reader import DecodeError
 from pvsd.stream.wire import (
     HEADER_SIZE,
@@ -118,8 +118,12 @@ class StreamClient:
 
     @property
     def disk_size(self) -> int:
-        assert self.reply is not None
-        return self.reply.disk_size
+        return self._connected().disk_size
+
+    def _connected(self) -> LoginReply:
+        if self.reply is None:
+            raise Misuse("StreamClient.connect() first")
+        return self.reply
 
     async def connect(self) -> LoginReply:
         loop = asyncio.get_running_loop()
@@ -144,7 +148,8 @@ class StreamClient:
 
     async def read(self, offset: int, length: int) -> bytes:
         completion = await self._submit(lambda flow: flow.read(offset, length))
-        assert completion.data is not None
+        if completion.data is None:
+            raise Misuse("the flow completed a read without its data")
         return completion.data
 
     async def write(self, offset: int, data: bytes) -> None:
@@ -229,7 +234,8 @@ class StreamClient:
         return message
 
     async def _ask(self, message: Message, address: Address, session: int) -> tuple[int, object]:
-        assert self._sock is not None
+        if self._sock is None:
+            raise Misuse("StreamClient.connect() first")
         request_id = self._take_control_id()
         future: asyncio.Future[tuple[int, object]] = asyncio.get_running_loop().create_future()
         self._control[request_id] = future
@@ -254,7 +260,8 @@ class StreamClient:
 
     async def _submit(self, start: Callable[[Flow], int]) -> Completion:
         flow = self.flow
-        assert flow is not None, "connect() first"
+        if flow is None:
+            raise Misuse("StreamClient.connect() first")
         handle = start(flow)
         future: asyncio.Future[Completion] = asyncio.get_running_loop().create_future()
         self._waiters[handle] = future
@@ -363,8 +370,9 @@ class StreamClient:
     # -- failover and keepalive ---------------------------------------------------------------------
 
     async def _fail_over(self, lost: bool) -> None:
-        flow = self.flow
-        assert flow is not None and self.reply is not None
+        flow, reply = self.flow, self._connected()
+        if flow is None:
+            raise Misuse("a failover before the first login")
         stalled_since = self._last_progress or asyncio.get_running_loop().time()
         previous = self.server_name
         names = [name for name, _ in self.servers]
@@ -378,7 +386,7 @@ class StreamClient:
             timeouts=flow.consecutive_timeouts,
         )
         try:
-            await self._log_in(self.reply.ticket, order)
+            await self._log_in(reply.ticket, order)
         except StreamError as error:
             self.log.error("failover failed", error=str(error))
             for waiter in self._waiters.values():

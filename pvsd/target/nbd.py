@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Protocol
 
+from pvsd.errors import Misuse
 from pvsd.log import get_logger, request_logger
 from pvsd.net.reader import DecodeError
 from pvsd.target.nbd_codec import (
@@ -375,7 +376,8 @@ class NbdServer:
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
-        assert task is not None
+        if task is None:
+            raise Misuse("an NBD connection is served outside a task")
         self._connections.add(task)
         try:
             await _Connection(self, reader, writer).serve()

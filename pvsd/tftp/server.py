@@ -18,6 +18,7 @@ from pathlib import Path
 import structlog
 
 from pvsd.config import TftpConfig
+from pvsd.errors import Misuse
 from pvsd.log import request_logger
 from pvsd.net.reader import DecodeError
 from pvsd.net.udp import Address, UdpEndpoint, path_mtu
@@ -117,7 +118,8 @@ class TftpServer:
 
     @property
     def address(self) -> Address:
-        assert self._endpoint is not None
+        if self._endpoint is None:
+            raise Misuse("TftpServer.start() first")
         return self._endpoint.address
 
     async def start(self) -> None:
@@ -251,7 +253,8 @@ class TftpServer:
 
     def _transfer_endpoint(self, peer: Address) -> tuple[UdpEndpoint, bool]:
         if self.config.single_port:
-            assert self._endpoint is not None
+            if self._endpoint is None:
+                raise Misuse("TftpServer.start() first")
             return self._endpoint, False
         # A new port per transfer, connected to the client: the kernel then drops datagrams
         # from anyone else, and an ICMP "port unreachable" ends a transfer whose client died.
@@ -262,9 +265,13 @@ class TftpServer:
 
     # -- running transfers -------------------------------------------------------------------------
 
+    def _running_loop(self) -> asyncio.AbstractEventLoop:
+        if self._loop is None:
+            raise Misuse("TftpServer.start() first")
+        return self._loop
+
     def _now(self) -> float:
-        assert self._loop is not None
-        return self._loop.time()
+        return self._running_loop().time()
 
     def _on_transfer_packet(self, transfer: Transfer, data: bytes, address: Address) -> None:
         if address != transfer.peer:
@@ -350,11 +357,11 @@ class TftpServer:
             self._arm(transfer, session.deadline)
 
     def _arm(self, transfer: Transfer, when: float) -> None:
-        assert self._loop is not None
+        loop = self._running_loop()
         if transfer.timer is not None:
             transfer.timer.cancel()
         transfer.timer_at = when
-        transfer.timer = self._loop.call_at(when, self._on_timer, transfer)
+        transfer.timer = loop.call_at(when, self._on_timer, transfer)
 
     def _on_timer(self, transfer: Transfer) -> None:
         transfer.timer = None

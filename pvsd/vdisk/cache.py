@@ -261,8 +261,8 @@ class WriteCache:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
-            assert self.overflow_path is not None
-            self.overflow_path.unlink(missing_ok=True)
+            if self.overflow_path is not None:  # an open overflow file always has its path
+                self.overflow_path.unlink(missing_ok=True)
 
     @property
     def closed(self) -> bool:
