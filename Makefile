@@ -9,7 +9,7 @@ PVSD   := $(BIN)/pvsd
 # Debian packages the tests drive for real (PostgreSQL is started by the tests themselves).
 DEBIAN_PACKAGES := postgresql atftp tftp-hpa tftpd-hpa dnsmasq-base curl kea-admin qemu-system-x86 ipxe-qemu ipxe ovmf radvd iproute2 linux-image-amd64 busybox-static nasm e2fsprogs libnbd-bin qemu-utils
 
-.PHONY: test demo lint typecheck pytest debian-deps clean bench-tftp bench-dhcp bench-stream bench-target
+.PHONY: test demo lint typecheck pytest debian-deps clean bench-tftp bench-dhcp bench-stream bench-target bench-login
 
 $(BIN)/python:
 	@scripts/install-debian-deps python-venv
@@ -57,6 +57,11 @@ bench-stream: $(VENV)/.installed debian-deps
 bench-target: $(VENV)/.installed debian-deps
 	@scripts/install-debian-deps $(BENCH_STREAM_PACKAGES)
 	$(BIN)/python bench/target.py
+
+# A burst of fresh logins against one pvsd on a throwaway PostgreSQL: the time of one login and
+# the store transactions it costs.
+bench-login: $(VENV)/.installed debian-deps
+	$(BIN)/python bench/login.py
 
 clean:
 	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache .hypothesis
