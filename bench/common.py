@@ -14,9 +14,10 @@ import platform
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import tomllib
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from types import FrameType
 from typing import IO, Any, NoReturn, Protocol
@@ -35,6 +36,21 @@ class BenchError(Exception):
 
 
 # -- processes ---------------------------------------------------------------------------------------
+
+
+def run_in_temp(prefix: str, work: Callable[[Path], None]) -> int | None:
+    """Run work(folder) in a temporary folder removed afterwards. None when it finished; the
+    exit code when it failed (a BenchError, said in one line) or was interrupted."""
+    try:
+        with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+            work(Path(tmp))
+    except BenchError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return None
 
 
 def raise_interrupt(signum: int, frame: FrameType | None) -> NoReturn:

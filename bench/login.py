@@ -37,7 +37,6 @@ import statistics
 import struct
 import subprocess
 import sys
-import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -55,6 +54,7 @@ from common import (
     progress,
     raise_interrupt,
     report_header,
+    run_in_temp,
     server_log_summary,
     stop_servers,
     write_json,
@@ -356,15 +356,9 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     machine = machine_info({"postgres": ["psql", "--version"]})
     report: dict[str, Any] = {}
-    try:
-        with tempfile.TemporaryDirectory(prefix="pvsd-bench-login-") as tmp:
-            run(options, Path(tmp), report)
-    except BenchError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    failed = run_in_temp("pvsd-bench-login-", lambda folder: run(options, folder, report))
+    if failed is not None:
+        return failed
     full = report_header("login", False, started, machine)
     full["source"] = {"path": str(options.source), "commit": source_commit(options.source)}
     full.update(report)

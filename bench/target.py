@@ -55,7 +55,6 @@ import statistics
 import struct
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -76,6 +75,7 @@ from common import (
     pvsd_other_services_off,
     raise_interrupt,
     report_header,
+    run_in_temp,
     server_log_summary,
     stop_servers,
     write_json,
@@ -772,15 +772,9 @@ def main(argv: list[str] | None = None) -> int:
         }
     )
     report: dict[str, Any] = {}
-    try:
-        with tempfile.TemporaryDirectory(prefix="pvsd-bench-target-") as tmp:
-            run(options, Path(tmp), report)
-    except BenchError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    failed = run_in_temp("pvsd-bench-target-", lambda folder: run(options, folder, report))
+    if failed is not None:
+        return failed
     full = report_header("target", False, started, machine)
     full["options"] = {
         "size": options.size,

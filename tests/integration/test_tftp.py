@@ -227,16 +227,21 @@ def test_a_leading_slash_names_the_root_as_firmware_asks(
 IPXE = Path("/usr/lib/ipxe")
 
 
-def test_the_offered_ipxe_binaries_are_served_out_of_the_box(tmp_path: Path) -> None:
-    """The default root lacks them: they come from the installed iPXE package (Debian's ipxe)."""
-    empty = tmp_path / "root"
-    empty.mkdir()
-    dhcp = {
+def proxy_dhcp_on_free_ports() -> dict[str, str]:
+    """Proxy DHCP on, on free ports of 127.0.0.1: its offers are what the boot files are checked for."""
+    return {
         "dhcp__enabled": "true",
         "dhcp__bind": HOST,
         "dhcp__port": str(free_port(HOST, socket.SOCK_DGRAM)),
         "dhcp__pxe_port": str(free_port(HOST, socket.SOCK_DGRAM)),
     }
+
+
+def test_the_offered_ipxe_binaries_are_served_out_of_the_box(tmp_path: Path) -> None:
+    """The default root lacks them: they come from the installed iPXE package (Debian's ipxe)."""
+    empty = tmp_path / "root"
+    empty.mkdir()
+    dhcp = proxy_dhcp_on_free_ports()
     with tftp_server(tmp_path, empty, **dhcp) as (process, address):
         for name in ("undionly.kpxe", "/snponly.efi", "ipxe.efi"):
             content, _ = fetch(address, name, options=(("blksize", "1468"),))
@@ -247,13 +252,7 @@ def test_the_offered_ipxe_binaries_are_served_out_of_the_box(tmp_path: Path) -> 
 def test_an_offered_boot_file_that_cannot_be_served_is_logged_at_start(tmp_path: Path) -> None:
     empty = tmp_path / "root"
     empty.mkdir()
-    dhcp = {
-        "dhcp__enabled": "true",
-        "dhcp__bind": HOST,
-        "dhcp__port": str(free_port(HOST, socket.SOCK_DGRAM)),
-        "dhcp__pxe_port": str(free_port(HOST, socket.SOCK_DGRAM)),
-        "dhcp__bootfiles__uefi_arm64": "arm.efi",
-    }
+    dhcp = {**proxy_dhcp_on_free_ports(), "dhcp__bootfiles__uefi_arm64": "arm.efi"}
     with tftp_server(tmp_path, empty, tftp__ipxe_dir="", **dhcp) as (process, _):
         problems = {
             e["key"]: e["problem"]

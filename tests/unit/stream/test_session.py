@@ -9,6 +9,7 @@ import secrets
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from support.flow_workload import BadChannel, Workload
 
 from pvsd.stream.session import (
     SECTOR,
@@ -42,7 +43,7 @@ from pvsd.stream.wire import (
     decode,
     encode,
 )
-from pvsd.target.flow import Completion, Flow
+from pvsd.target.flow import Flow
 
 SECRET = secrets.token_hex(32)
 NOW_MS = 1_795_600_000_000
@@ -281,56 +282,36 @@ def test_a_flow_against_the_server_core_over_a_bad_channel(
     assert server.session_ids == [SESSION]
     port.out.clear()
     flow = Flow(disk_size=SIZE, sector_size=SECTOR, max_payload=1024, max_burst=4096, window=4)
-    model = bytearray(disk)
-    expected: dict[int, Completion] = {}
-    got: dict[int, Completion] = {}
+    work = Workload(flow, operations, bytes(disk), rng)
     to_server: list[bytes] = []
-    pending = list(operations)
+    to_client: BadChannel[bytes] = BadChannel(rng, drop, duplicate)
     now = 0.0
     for _ in range(30_000):
-        if pending and (rng.random() < 0.3 or flow.open_handles == 0):
-            kind, sector, count = pending.pop(0)
-            offset, length = sector * SECTOR, min(count, 32 - sector) * SECTOR
-            if kind == "r":
-                expected[flow.read(offset, length)] = Completion(0, bytes(model[offset : offset + length]))
-            elif kind == "w":
-                data = rng.randbytes(length)
-                model[offset : offset + length] = data
-                expected[flow.write(offset, data)] = Completion(0, None)
-            else:
-                expected[flow.flush()] = Completion(0, None)
+        work.maybe_queue()
         for item in flow.poll(now):
             if rng.random() >= drop:
-                to_server += [encode(item.message, item.request_id, SESSION)] * (
-                    2 if rng.random() < duplicate else 1
-                )
+                copies = 2 if rng.random() < duplicate else 1
+                to_server += [encode(item.message, item.request_id, SESSION)] * copies
         rng.shuffle(to_server)
         take = rng.randint(0, len(to_server))
         arriving, to_server = to_server[:take], to_server[take:]
         for datagram in arriving:
             port.apply(server.receive(datagram, PEER, now, NOW_MS))
         port.finish_some()
-        if port.out:
-            rng.shuffle(port.out)
-            take = rng.randint(1, len(port.out))
-            batch, port.out = port.out[:take], port.out[take:]
-            for datagram in batch:
-                if rng.random() >= drop:
-                    deliver(datagram, flow, now)
-                if rng.random() < duplicate:
-                    port.out.append(datagram)
+        to_client.queue += port.out
+        port.out = []
+        if to_client:
+            to_client.deliver_some(lambda datagram, at=now: deliver(datagram, flow, at))
             now += 0.001
         elif not port.busy and not to_server:
             deadline = flow.next_deadline()
-            if deadline is None and not pending and flow.open_handles == 0 and flow.queued == 0:
+            if deadline is None and work.finished:
                 break
             if deadline is not None:
                 now = max(now, deadline)
-        for completion in flow.completions():
-            got[completion.handle] = completion
+        work.collect()
     else:
         pytest.fail(f"not finished: {flow.open_handles} handles open, {flow.in_flight} requests in flight")
-    got.update((completion.handle, completion) for completion in flow.completions())
-    assert got == {handle: Completion(handle, c.data, None) for handle, c in expected.items()}
-    assert disk == model
+    work.check()
+    assert disk == work.model
     assert len(port.written) == len(set(port.written))  # every WRITE applied once, whatever was resent

@@ -7,6 +7,7 @@ import random
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from support.flow_workload import BadChannel, Workload
 
 from pvsd.stream.wire import (
     HEADER_SIZE,
@@ -410,48 +411,26 @@ def test_a_lossy_reordering_channel_still_gives_every_completion_right(
     rng = random.Random(seed)
     size = 16 * SECTOR
     flow, server = make_flow(size, max_payload, max_burst, window, max_rto=1.0)
-    model = bytearray(server.image)
-    expected: dict[int, Completion] = {}
-    got: dict[int, Completion] = {}
-    network: list[Reply] = []
-    pending = list(operations)
+    work = Workload(flow, operations, server.image, rng)
+    network: BadChannel[Reply] = BadChannel(rng, drop, duplicate)
     now = 0.0
     for _ in range(20_000):
-        if pending and (rng.random() < 0.3 or flow.open_handles == 0):
-            kind, sector, count = pending.pop(0)
-            offset, length = sector * SECTOR, min(count, 16 - sector) * SECTOR
-            if kind == "r":
-                expected[flow.read(offset, length)] = Completion(0, bytes(model[offset : offset + length]))
-            elif kind == "w":
-                data = rng.randbytes(length)
-                model[offset : offset + length] = data
-                expected[flow.write(offset, data)] = Completion(0, None)
-            else:
-                expected[flow.flush()] = Completion(0, None)
+        work.maybe_queue()
         for out in flow.poll(now):
             assert flow.in_flight <= window
             if rng.random() >= drop:
-                network += server.answer(out) * (2 if rng.random() < duplicate else 1)
+                network.queue += server.answer(out) * (2 if rng.random() < duplicate else 1)
         if network:
-            rng.shuffle(network)
-            take = rng.randint(1, len(network))
-            batch, network = network[:take], network[take:]
-            for header, message in batch:
-                if rng.random() >= drop:
-                    flow.receive(header, message, now)
-                if rng.random() < duplicate:
-                    network.append((header, message))
+            network.deliver_some(lambda reply, at=now: flow.receive(reply[0], reply[1], at))
             now += 0.001
         else:
             deadline = flow.next_deadline()
-            if deadline is None and not pending and flow.open_handles == 0 and flow.queued == 0:
+            if deadline is None and work.finished:
                 break
             if deadline is not None:
                 now = max(now, deadline)
-        for completion in flow.completions():
-            got[completion.handle] = completion
+        work.collect()
     else:
         pytest.fail(f"not finished: {flow.open_handles} handles open, {flow.in_flight} requests in flight")
-    got.update((completion.handle, completion) for completion in flow.completions())
-    assert got == {handle: Completion(handle, c.data, None) for handle, c in expected.items()}
-    assert server.image == model
+    work.check()
+    assert server.image == work.model
