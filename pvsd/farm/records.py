@@ -217,7 +217,7 @@ class FarmView:
     servers: Sequence[Server]
     replicas: Sequence[Replica]  # of this vDisk only
     load: Load = field(default_factory=Load)  # the session being placed is not counted
-    holders: Sequence[Session] = ()  # other devices' active sessions of this vDisk (one private writer)
+    holders: Sequence[Session] = ()  # a private vDisk: other devices' active sessions of it (one writer)
     leaving: str | None = None  # a target coming back: the server its session was on
 
 

@@ -770,11 +770,18 @@ class FarmStore:
         return self._run(True, lambda cursor: self._open_session_in(cursor, mac, server, io_port))
 
     def _open_session_in(self, cursor: Cursor, mac: str, server: str, io_port: int) -> Session:
-        row = self._one(cursor, "SELECT id, name FROM devices WHERE mac = ?", (mac,))
+        # One statement for what three would find: a login's transaction is on the hot path of a boot storm.
+        row = self._one(
+            cursor,
+            """SELECT d.id, d.name, v.name, (SELECT id FROM servers WHERE name = ?)
+               FROM devices d LEFT JOIN vdisks v ON v.id = d.vdisk_id WHERE d.mac = ?""",
+            (server, mac),
+        )
         if row is None:
             raise NotFound(f"no device {mac} in the farm")
-        device_id, device_name = int(row[0]), str(row[1])
-        server_id = self._id(cursor, "servers", "name", server, "server")
+        device_id, device_name, vdisk, server_id = int(row[0]), str(row[1]), row[2], row[3]
+        if server_id is None:
+            raise NotFound(f"no server {server!r} in the farm")
         self._exec(cursor, "DELETE FROM sessions WHERE device_id = ?", (device_id,))
         session_id, since = self._one(
             cursor,
@@ -783,14 +790,7 @@ class FarmStore:
             (device_id, server_id, io_port),
         )
         self._audit(cursor, "session.open", mac, server=server, io_port=io_port, session=int(session_id))
-        vdisk = self._one(
-            cursor,
-            "SELECT v.name FROM devices d JOIN vdisks v ON v.id = d.vdisk_id WHERE d.id = ?",
-            (device_id,),
-        )
-        return Session(
-            int(session_id), mac, device_name, server, io_port, since, since, vdisk[0] if vdisk else None, 0.0
-        )
+        return Session(int(session_id), mac, device_name, server, io_port, since, since, vdisk, 0.0)
 
     # -- logins -------------------------------------------------------------------------------------
 
@@ -826,7 +826,11 @@ class FarmStore:
                 servers=self._servers_in(cursor),
                 replicas=self._replicas_in(cursor, vdisk.name) if vdisk else [],
                 load=self._load_in(cursor, active_within, exclude=None),
-                holders=self._holders_in(cursor, vdisk.name, mac, active_within) if vdisk else [],
+                holders=(
+                    self._holders_in(cursor, vdisk.name, mac, active_within)
+                    if vdisk is not None and vdisk.mode is AccessMode.PRIVATE
+                    else []
+                ),
             )
             plan = choose(view)
             session = None if plan is None else self._open_session_in(cursor, mac, *plan)

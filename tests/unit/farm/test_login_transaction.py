@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from pvsd.farm import DeviceType, FarmStore, FarmView, ReplicaState, init_farm
+from pvsd.farm import AccessMode, DeviceType, FarmStore, FarmView, ReplicaState, init_farm
 
 MAC = "52:54:00:aa:bb:cc"
 PORTS = {"login": 6910, "stream_first": 6911, "stream_last": 6912}
@@ -77,8 +77,14 @@ def test_the_next_login_counts_the_sessions_before_it_without_listing_them(store
     assert fresh(store, "52:54:00:00:00:01", None, active_within=-1.0).view.load.server("pvs1") == 0
 
 
-def test_other_devices_sessions_of_the_vdisk_are_its_holders(store: FarmStore) -> None:
+def test_other_devices_sessions_of_a_private_vdisk_are_its_holders(store: FarmStore) -> None:
     store.add_device("52:54:00:00:01:01", "other", vdisk="base")
+    fresh(store, "52:54:00:00:01:01")
+    assert fresh(store, "52:54:00:00:00:01", None).view.holders == []  # standard: shared, no holders
+    store.create_vdisk("own", 1 << 20, mode=AccessMode.PRIVATE)
+    store.add_version("own", sha256="cd")
+    store.update_device("52:54:00:00:01:01", vdisk="own")
+    store.update_device("52:54:00:00:00:01", vdisk="own")
     fresh(store, "52:54:00:00:01:01")
     holders = fresh(store, "52:54:00:00:00:01", None).view.holders
     assert [h.mac for h in holders] == ["52:54:00:00:01:01"]
