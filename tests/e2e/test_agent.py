@@ -90,12 +90,17 @@ def streaming_agent(farm: StreamFarm, folder: Path, port: int, *extra: str) -> A
 
 # The kill test keeps both sides' view of every NBD request: the agent's "nbd reply" debug lines
 # (cookie, command, range, flags, times, errno) and QEMU's nbd_* trace events, matched by cookie.
+# QEMU's virtio-blk completions (status 0 is success) and the guest's device status writes (0 is a
+# reset) tell an error QEMU gave the guest from one the guest's own kernel made up.
 TRACE_AGENT = ("--log-level", "debug")
+QEMU_EVENTS = ("nbd_*", "virtio_blk_req_complete", "virtio_set_status")
 
 
 def qemu_trace(folder: Path) -> tuple[str, ...]:
+    trace = folder / "qemu-trace.log"
+    enable = [arg for event in QEMU_EVENTS for arg in ("-trace", event)]
     # -msg timestamp=on stamps each event with the wall clock, as the agent's JSON lines are.
-    return ("-trace", f"enable=nbd_*,file={folder / 'qemu-trace.log'}", "-msg", "timestamp=on")
+    return (*enable, "-trace", f"file={trace}", "-msg", "timestamp=on")
 
 
 def agent_story(folder: Path, run: GuestRun) -> str:
