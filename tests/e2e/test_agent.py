@@ -84,17 +84,38 @@ def agent(
         log.close()
 
 
-def streaming_agent(farm: StreamFarm, folder: Path, port: int) -> Any:
-    return agent(farm.env, folder, "--servers", farm.servers_arg(), "--nbd", f"127.0.0.1:{port}")
+def streaming_agent(farm: StreamFarm, folder: Path, port: int, *extra: str) -> Any:
+    return agent(farm.env, folder, "--servers", farm.servers_arg(), "--nbd", f"127.0.0.1:{port}", *extra)
+
+
+# The kill test keeps both sides' view of every NBD request: the agent's "nbd reply" debug lines
+# (cookie, command, range, flags, times, errno) and QEMU's nbd_* trace events, matched by cookie.
+# QEMU's virtio-blk completions (status 0 is success) and the guest's device status writes (0 is a
+# reset) tell an error QEMU gave the guest from one the guest's own kernel made up.
+TRACE_AGENT = ("--log-level", "debug")
+QEMU_EVENTS = ("nbd_*", "virtio_blk_req_complete", "virtio_set_status")
+
+
+def qemu_trace(folder: Path) -> tuple[str, ...]:
+    trace = folder / "qemu-trace.log"
+    enable = [arg for event in QEMU_EVENTS for arg in ("-trace", event)]
+    # -msg timestamp=on stamps each event with the wall clock, as the agent's JSON lines are.
+    return (*enable, "-trace", f"file={trace}", "-msg", "timestamp=on")
 
 
 def agent_story(folder: Path, run: GuestRun) -> str:
     """What to look at when the guest saw an I/O error: the agent's warnings and errors (any
-    NBD refusal or failure) and the end of the guest's console."""
+    NBD refusal or failure), the end of the guest's console, and where the full traces are."""
     lines = (folder / "agent.log").read_text().splitlines()
     notable = [line for line in lines if '"level": "warning"' in line or '"level": "error"' in line]
-    notable += [line for line in lines if "nbd request" in line]
-    return "agent log:\n" + "\n".join(notable[-40:]) + "\nguest console:\n" + run.console[-3000:]
+    notable += [line for line in lines if "nbd request" in line or "nbd connection" in line]
+    return (
+        "agent log:\n"
+        + "\n".join(notable[-40:])
+        + "\nguest console:\n"
+        + run.console[-3000:]
+        + f"\nevery request: {folder / 'agent.log'} (nbd reply) and {folder / 'qemu-trace.log'}"
+    )
 
 
 def read_status(path: Path) -> dict[str, Any]:
@@ -143,10 +164,12 @@ def test_the_guest_survives_the_serving_server_being_killed_mid_read(tmp_path: P
         farm.start("pvs2")
         farm.wait_verified("disk")
         port = free_port()
-        with streaming_agent(farm, tmp_path, port) as (_, status):
+        with streaming_agent(farm, tmp_path, port, *TRACE_AGENT) as (_, status):
             result: list[GuestRun] = []
             guest = threading.Thread(
-                target=lambda: result.append(boot_guest(f"file=nbd://127.0.0.1:{port}/vdisk", timeout=180))
+                target=lambda: result.append(
+                    boot_guest(f"file=nbd://127.0.0.1:{port}/vdisk", timeout=180, extra=qemu_trace(tmp_path))
+                )
             )
             guest.start()
             # kill the serving server once the guest is well into the 64 MiB file
@@ -158,6 +181,7 @@ def test_the_guest_survives_the_serving_server_being_killed_mid_read(tmp_path: P
             finished_after = time.monotonic() - killed_at
             assert result, "the guest did not finish"
             run = result[0]
+            (tmp_path / "guest.console").write_text(run.console)
             assert run.done, run.console[-3000:]
             assert run.payload_sha256 == rootfs.payload_sha256
             assert run.written_sha256 == rootfs.expected_write_sha256

@@ -11,6 +11,7 @@ bounded and killed at the end. Under TCG on the 2-core machine the Linux guest t
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -33,6 +34,55 @@ def test_linux_guest_reads_and_writes_its_ext4_disk(tmp_path: Path) -> None:
     assert run.io_errors == []
     # What the guest wrote is on the disk file itself, not only in the guest's cache.
     assert guest.image_file_sha256(image.path, "/data/written.bin") == image.expected_write_sha256
+
+
+# ext4lazyinit kept busy to the end: inode tables zeroed back to back (init_itable=0) on a disk
+# QEMU throttles to 10 writes a second, so a 2 GiB file system's 32 MiB of tables take seconds.
+_LAZYINIT_SH = """#!/bin/busybox sh
+export PATH=/bin:/sbin:/usr/bin:/usr/sbin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+written() {{ set -- $(cat /sys/block/vda/stat); echo $7; }}
+mount -o remount,init_itable=0 / || echo "{fail} remount init_itable=0 failed"
+start=$(written)
+n=0
+while [ $(($(written) - start)) -lt 1024 ]; do
+    n=$((n + 1))
+    [ $n -gt 200 ] && echo "{fail} ext4lazyinit wrote nothing in 20 s"
+    sleep 0.1
+done
+echo "GUEST-LAZYINIT zeroing"
+{stop_writes}before=$(written)
+sleep 1
+echo "GUEST-WRITTEN-AFTER-STOP $(($(written) - before))"
+echo "{done}"
+poweroff -f
+"""
+
+
+def test_nothing_writes_to_the_disk_once_the_guest_stops_writing(tmp_path: Path) -> None:
+    """The guest's way out stops ext4's own background writes, not only the script's.
+
+    Otherwise ext4lazyinit may issue a WRITE_ZEROES while `poweroff -f` has the kernel break its
+    virtqueues, and the guest prints I/O errors after its done marker for a request no disk ever
+    saw (the kill test's flake). Here lazyinit is made busy at the end on purpose, and the sectors
+    written in the second after the stop must be none.
+    """
+    guest.require_guest_tools()
+    script = _LAZYINIT_SH.format(
+        fail=guest.FAIL_MARKER,
+        stop_writes=guest.STOP_WRITES_SH.format(fail=guest.FAIL_MARKER),
+        done=guest.DONE_MARKER,
+    )
+    image = guest.build_rootfs(tmp_path / "root.img", size=2 << 30, payload_size=24 << 20, init_sh=script)
+
+    run = guest.boot_guest(f"file={image.path},throttling.iops-write=10", timeout=LINUX_TIMEOUT_S)
+
+    assert run.done, run.console
+    assert "GUEST-LAZYINIT zeroing" in run.console
+    after = re.search(r"GUEST-WRITTEN-AFTER-STOP (\d+)", run.console)
+    assert after is not None and int(after.group(1)) == 0, run.console
+    assert run.io_errors == []
 
 
 def test_linux_guest_without_a_root_fails_fast(tmp_path: Path) -> None:

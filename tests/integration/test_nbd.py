@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import hashlib
+import io
 import json
 import random
 import shutil
@@ -25,6 +26,7 @@ from pathlib import Path
 
 import pytest
 
+from pvsd.log import configure_logging
 from pvsd.target.nbd import BlockBackend, FileBackend, MemoryBackend, NbdServer
 from pvsd.target.nbd_codec import (
     SIMPLE_REPLY_HEADER_SIZE,
@@ -488,3 +490,35 @@ def test_close_drops_connected_clients(image: Path) -> None:
         client.sock.close()
         with pytest.raises(OSError):
             socket.create_connection((HOST, running.port), timeout=2).close()
+
+
+def test_at_debug_level_every_request_gets_one_line_with_its_cookie_times_and_errno() -> None:
+    out = io.StringIO()
+    configure_logging("debug", "json", out)
+    try:
+        with nbd_server(lambda: MemoryBackend(1 << 20)) as running:
+            client = RawClient(running.port)
+            client.send(Command.WRITE_ZEROES, 7, 4096, 8192, CommandFlag.NO_HOLE)
+            assert client.reply() == (7, 0, b"")
+            client.send(Command.READ, 8, 0, 4096)
+            assert client.reply(4096)[:2] == (8, 0)
+            client.send(Command.READ, 9, 100, 4096)  # misaligned: refused before the backend
+            assert client.reply()[:2] == (9, Errno.EINVAL)
+            client.close()
+        configure_logging("info", "json", out)
+        with nbd_server(lambda: MemoryBackend(1 << 20)) as running:
+            client = RawClient(running.port)
+            assert client.request(Command.READ, 0, 4096)[0] == 0
+            client.close()
+    finally:
+        configure_logging("info", "json")
+    lines = [json.loads(line) for line in out.getvalue().splitlines()]
+    replies = [line for line in lines if line["event"] == "nbd reply"]
+    assert [(r["cookie"], r["command"], r["offset"], r["length"], r["error"]) for r in replies] == [
+        (7, "WRITE_ZEROES", 4096, 8192, "OK"),
+        (8, "READ", 0, 4096, "OK"),
+        (9, "READ", 100, 4096, "EINVAL"),
+    ]  # and none at info level
+    assert replies[0]["flags"] == CommandFlag.NO_HOLE and all(r["sent"] for r in replies)
+    assert all(r["start_ms"] <= r["end_ms"] for r in replies)
+    assert replies[0]["end_ms"] <= replies[1]["start_ms"]  # the client waited for each reply

@@ -8,7 +8,9 @@ is pvsd's; this module builds what runs on the other end and reads what it says:
   `/dev/vda` and switch_roots into it. The root file system holds a seeded random payload; its
   `/init.sh` prints the payload's SHA-256 (every block read through the disk), writes 16 MiB
   derived from it, syncs, drops the page cache, and prints the written file's SHA-256 (every
-  block written and read back through the disk). The test knows both sums in advance.
+  block written and read back through the disk). The test knows both sums in advance. It
+  remounts its root read-only before the done marker, so nothing writes during the power-off
+  (see `STOP_WRITES_SH`).
 - `build_boot_sector_disk` + `boot_bios`: a 512-byte boot sector (nasm) that reads sectors
   through the firmware's INT 13h, as a legacy PXE/BDM client does before any OS driver exists,
   and prints an order-sensitive checksum on the serial port.
@@ -300,9 +302,21 @@ echo 3 > /proc/sys/vm/drop_caches
 set -- $(sha256sum /data/written.bin)
 echo "WRITTEN-SHA256 $1"
 dmesg | grep -E '{io_re}' | sed 's/^/GUEST-KERNEL: /'
-sync
-echo "{done}"
+{stop_writes}echo "{done}"
 poweroff -f
+"""
+
+# How a guest stops writing before it says it is done and powers off: `sync` alone is not enough.
+# ext4lazyinit zeroes the inode tables in the background for seconds after a mount (starting at
+# a random delay of up to 5 s), and the guest kernel (Debian's 6.1, with the CVE-2025-38064 fix
+# "virtio: break and reset virtio devices on device_shutdown()") breaks every virtqueue during
+# `poweroff -f`: a zeroing issued then fails in the guest itself, never reaching QEMU, as an
+# "I/O error ... op 0x9:(WRITE_ZEROES)" and one for the fallback WRITE of zero pages at the same
+# sector, after the done marker. A read-only remount waits for a zeroing in progress, stops
+# lazyinit and writes everything back, so nothing writes to the disk after it; if it fails the
+# guest says so, rather than leave the race in.
+STOP_WRITES_SH = """sync
+mount -o remount,ro / || echo "{fail} remount read-only failed"
 """
 
 
@@ -310,12 +324,20 @@ def _payload(size: int, seed: int) -> bytes:
     return random.Random(seed).randbytes(size)
 
 
-def build_rootfs(out: Path, size: int = 256 << 20, payload_size: int = 64 << 20, seed: int = 1) -> RootImage:
+def build_rootfs(
+    out: Path,
+    size: int = 256 << 20,
+    payload_size: int = 64 << 20,
+    seed: int = 1,
+    *,
+    init_sh: str | None = None,
+) -> RootImage:
     """An ext4 image (whole disk, no partition table) made with `mke2fs -d`, so no mount.
 
     Holds busybox-static, /data/random.bin (`payload_size` bytes from `seed`) and /init.sh. The
     guest writes 16 MiB: payload bytes from 8 MiB on, each byte + 1, so the expected sum of what
-    it reads back is known here and matches nothing that was on the disk before.
+    it reads back is known here and matches nothing that was on the disk before. `init_sh`
+    replaces that /init.sh, for tests of the guest itself.
     """
     require_guest_tools()
     write_size = 16 << 20
@@ -332,8 +354,12 @@ def build_rootfs(out: Path, size: int = 256 << 20, payload_size: int = 64 << 20,
         for applet in _applets():
             (root / applet).symlink_to("/bin/busybox")
         (root / "data/random.bin").write_bytes(payload)
-        script = _INIT_SH.format(
-            skip=WRITE_OFFSET_MIB, count=write_size >> 20, io_re=IO_ERROR_RE.pattern, done=DONE_MARKER
+        script = init_sh or _INIT_SH.format(
+            skip=WRITE_OFFSET_MIB,
+            count=write_size >> 20,
+            io_re=IO_ERROR_RE.pattern,
+            stop_writes=STOP_WRITES_SH.format(fail=FAIL_MARKER),
+            done=DONE_MARKER,
         )
         (root / "init.sh").write_text(script)
         (root / "init.sh").chmod(0o755)
