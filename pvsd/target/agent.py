@@ -19,6 +19,7 @@ import json
 import os
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -78,13 +79,18 @@ class StreamedDisk:
         if self.cache is None:
             await self.client.write(offset, data)
         else:
-            try:
-                self.cache.write(offset, data)
-            except CacheFull as error:
-                self.writes_refused += 1
-                self.log.error("write cache full: the guest gets ENOSPC", reason=str(error))
-                raise NbdError(Errno.ENOSPC, str(error)) from None
+            self._cached(lambda cache: cache.write(offset, data))
         self.bytes_written += len(data)
+
+    def _cached(self, store: Callable[[WriteCache], None]) -> None:
+        if self.cache is None:
+            raise Misuse("no device cache to write to")
+        try:
+            store(self.cache)
+        except CacheFull as error:
+            self.writes_refused += 1
+            self.log.error("write cache full: the guest gets ENOSPC", reason=str(error))
+            raise NbdError(Errno.ENOSPC, str(error)) from None
 
     async def flush(self) -> None:
         # The device cache is volatile by design (it starts empty at each boot, as in PVS):
@@ -96,7 +102,12 @@ class StreamedDisk:
         return None  # a hint the guest may send; ignoring it is always correct
 
     async def write_zeroes(self, offset: int, length: int) -> None:
-        await self.write(offset, bytes(length))
+        if self.cache is None:
+            await self.client.write(offset, bytes(length))
+        else:
+            # The cache records zeros without a buffer of them: a long WRITE_ZEROES costs no memory.
+            self._cached(lambda cache: cache.write_zeroes(offset, length))
+        self.bytes_written += length
 
 
 @dataclass
