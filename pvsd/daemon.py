@@ -16,7 +16,7 @@ from pvsd.dhcp.server import DhcpServer, boot_policy
 from pvsd.errors import Failure
 from pvsd.farm.devices import DeviceView
 from pvsd.farm.membership import Membership
-from pvsd.farm.records import Server
+from pvsd.farm.records import Device, Server
 from pvsd.farm.store import FarmStore, open_store
 from pvsd.preflight import boot_file_problems
 from pvsd.privileges import drop_privileges
@@ -171,9 +171,18 @@ async def _start_tftp(
         raise
     files = BootFiles([tftp.registry, workers], config, farm, this, template)
     files.servers_changed(membership.known_servers(asyncio.get_running_loop().time()))
-    files.devices_changed(list(devices.devices.values()))
+    first = files.devices_changed(list(devices.devices.values()))
+    log.info("device scripts published", devices=len(first.published))
+
+    def devices_changed(changed: list[Device]) -> None:
+        scripts = files.devices_changed(changed)
+        for mac in scripts.published:
+            log.info("device script published", mac=mac)
+        for mac in scripts.withdrawn:
+            log.info("device script withdrawn", mac=mac)
+
     membership.watchers.append(files.servers_changed)
-    devices.watchers.append(files.devices_changed)
+    devices.watchers.append(devices_changed)
     return [tftp, workers]
 
 

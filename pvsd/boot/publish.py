@@ -7,6 +7,7 @@ a device's script when the device does. Each change is pushed to every TFTP proc
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 from pvsd.boot.bootstrap import BOOTSTRAP_NAME, BootstrapCache
@@ -21,7 +22,13 @@ from pvsd.boot.ipxe import (
 from pvsd.config import Config
 from pvsd.farm.records import Device, Server
 
-__all__ = ["BootFiles", "Publisher"]
+__all__ = ["BootFiles", "Publisher", "ScriptChanges"]
+
+
+@dataclass(frozen=True)
+class ScriptChanges:
+    published: tuple[str, ...]  # MACs
+    withdrawn: tuple[str, ...]
 
 
 class Publisher(Protocol):
@@ -43,6 +50,7 @@ class BootFiles:
         self.template = template
         self._bootstrap = BootstrapCache(farm, config.bootstrap, config.farm.dead_after)
         self._scripts: dict[str, bytes] = {}
+        self._macs: dict[str, str] = {}  # script name -> MAC
         for target in targets:
             target.publish_default(DEVICE_SCRIPT_PREFIX, unknown_device_script().encode())
 
@@ -57,13 +65,21 @@ class BootFiles:
             target.publish(BOOTSTRAP_NAME, content)
             target.publish(IPXE_BOOTSTRAP_NAME, script)
 
-    def devices_changed(self, devices: list[Device]) -> None:
+    def devices_changed(self, devices: list[Device]) -> ScriptChanges:
+        """Publish what changed; the MACs whose scripts were published and withdrawn, for the log."""
+        names = {device_script_name(d.mac): d.mac for d in devices}
         scripts = {device_script_name(d.mac): device_script(d, self.template).encode() for d in devices}
+        withdrawn = []
         for name in self._scripts.keys() - scripts.keys():
+            withdrawn.append(self._macs.pop(name))
             for target in self.targets:
                 target.unpublish(name)
+        published = []
         for name, data in scripts.items():
             if self._scripts.get(name) != data:
+                published.append(names[name])
                 for target in self.targets:
                     target.publish(name, data)
         self._scripts = scripts
+        self._macs.update(names)
+        return ScriptChanges(tuple(published), tuple(withdrawn))

@@ -148,6 +148,9 @@ class TftpServer:
     async def close(self) -> None:
         for task in list(self._tasks):
             task.cancel()
+        if self._endpoint is not None:
+            # the clients whose transfers stop here retry, and another server answers them
+            self.log.info("TFTP service closed", transfers_cut_short=len(self._transfers))
         for transfer in list(self._transfers):
             self._end(transfer, log_it=False)
         if self._endpoint is not None:

@@ -6,8 +6,9 @@ SQLite farm, and a QEMU target on a tap device. pvsd is the only source of boot 
 so reaching `pvsd device:` proves the whole chain: proxy offer, TFTP, pvs.ipxe, the device
 script. The lab is always taken down, even when a test fails.
 
-These need root, /dev/net/tun and QEMU; without them they skip, except under CI, where a
-skip would hide a broken machine and so they fail instead.
+These need root and /dev/net/tun, which skip on a developer's machine (never under CI), and
+QEMU, dnsmasq, radvd and the iPXE and OVMF firmware, which `make test` installs: a missing one
+fails (support/needs.py).
 """
 
 from __future__ import annotations
@@ -15,17 +16,16 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from support import needs
 from support.pvsd import wait_for
 
 from pvsd.lab.lab import Lab
@@ -37,27 +37,28 @@ SERVERS = 2
 SERVER_ADDRESS = r"10\.77\.0\.1[1-9]"
 
 
-def _missing() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root (network namespaces, tap devices)"
+def _require_lab_parts() -> None:
+    needs.root("network namespaces and tap devices")
     if not Path("/dev/net/tun").exists():
-        return "needs /dev/net/tun"
-    for tool in ("qemu-system-x86_64", "ip", "dnsmasq", "radvd"):
-        if shutil.which(tool) is None:
-            return f"needs {tool}"
-    for path in (BIOS_ROM, UEFI_ROM, OVMF, "/usr/lib/ipxe/undionly.kpxe", "/usr/lib/ipxe/snponly.efi"):
-        if not Path(path).exists():
-            return f"needs {path}"
-    return None
+        needs.unavailable("needs /dev/net/tun")
+    needs.tools(
+        ("qemu-system-x86_64", "qemu-system-x86"),
+        ("ip", "iproute2"),
+        ("dnsmasq", "dnsmasq-base"),
+        ("radvd", "radvd"),
+    )
+    needs.files(
+        (str(BIOS_ROM), "ipxe-qemu"),
+        (str(UEFI_ROM), "ipxe-qemu"),
+        (str(OVMF), "ovmf"),
+        ("/usr/lib/ipxe/undionly.kpxe", "ipxe"),
+        ("/usr/lib/ipxe/snponly.efi", "ipxe"),
+    )
 
 
 @pytest.fixture
 def lab(tmp_path: Path) -> Iterator[Lab]:
-    reason = _missing()
-    if reason is not None:
-        if os.environ.get("CI"):
-            pytest.fail(f"e2e lab cannot run under CI: {reason}")
-        pytest.skip(reason)
+    _require_lab_parts()
     # The bootstrap pauses 2.5 s at its start (the shell prompt) so that a test can freeze a
     # server between the bootstrap's download and the device script's, without a race.
     lab = Lab(tmp_path / "lab", say=print, extra_env={"PVSD_BOOTSTRAP__SHELL_PROMPT_MS": "2500"})
@@ -75,10 +76,10 @@ def _namespaces() -> list[str]:
     return [line.split()[0] for line in output.splitlines() if line.strip()]
 
 
-def _events(lab: Lab, mac: str) -> list[dict[str, Any]]:
-    """Every pvsd log event about this MAC, from all servers, in time order."""
+def _events(lab: Lab, mac: str, server: int | None = None) -> list[dict[str, Any]]:
+    """Every pvsd log event about this MAC, from all servers (or one), in time order."""
     events = []
-    for number in range(1, SERVERS + 1):
+    for number in [server] if server is not None else range(1, SERVERS + 1):
         for line in lab.server_log(f"pvs{number}").splitlines():
             try:
                 event = json.loads(line)
@@ -188,7 +189,14 @@ def test_a_registered_device_gets_its_own_script(lab: Lab) -> None:
         timeout=30,
     )
     assert added.returncode == 0, added.stderr
-    time.sleep(2.5)  # the servers read the farm's devices every heartbeat (1 s in the lab)
+    # the servers read the farm's devices every heartbeat (1 s in the lab)
+    wait_for(
+        lambda: all(
+            any(e.get("event") == "device script published" for e in _events(lab, mac, server))
+            for server in range(1, SERVERS + 1)
+        ),
+        timeout=30,
+    )
     result = _boot(lab, Firmware.BIOS, mac)
     assert f"pvsd device: lab-vm5 {mac} vdisk=- type=production enabled=yes" in result.console
 

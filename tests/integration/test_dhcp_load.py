@@ -20,14 +20,13 @@ second, and a normal DISCOVER and a 4011 REQUEST must still be answered.
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 import socket
 import subprocess
 from pathlib import Path
 
 import pytest
+from support import needs
 from support.dhcp_captures import IPXE_BIOS_DISCOVER, IPXE_BIOS_REQUEST_4011
 from support.net import free_port
 from support.pvsd import ServeProcess, pvsd, pvsd_env, serve, wait_for
@@ -44,20 +43,10 @@ PERFDHCP_TIMEOUT = 30.0
 MAX_CLIENT_SIDE_LOSS = 0.005
 
 
-def perfdhcp_or_skip() -> str:
-    """perfdhcp's path; outside CI a missing perfdhcp (or a non-root user) skips, in CI it fails."""
-    path = shutil.which("perfdhcp") or next(
-        (p for p in ("/usr/sbin/perfdhcp", "/sbin/perfdhcp") if os.access(p, os.X_OK)), None
-    )
-    in_ci = bool(os.environ.get("CI"))
-    if path is None:
-        if in_ci:
-            pytest.fail("perfdhcp is missing (Debian package kea-admin) and CI is set")
-        pytest.skip("perfdhcp is missing (Debian package kea-admin)")
-    if os.geteuid() != 0:
-        if in_ci:
-            pytest.fail("the perfdhcp load test binds port 67 and must run as root in CI")
-        pytest.skip("the perfdhcp load test binds port 67: run as root")
+def perfdhcp() -> str:
+    """perfdhcp's path (`make test` installs it); the test binds port 67, so it needs root."""
+    path = needs.tool("perfdhcp", "kea-admin")
+    needs.root("perfdhcp binds port 67")
     return path
 
 
@@ -112,7 +101,7 @@ def run_perfdhcp(argv: list[str]) -> str:
 
 
 def test_perfdhcp_load_gets_an_offer_for_every_discover(tmp_path: Path) -> None:
-    perfdhcp = perfdhcp_or_skip()
+    perfdhcp_path = perfdhcp()
     port_67_free_or_fail()
     pxe_port = free_port(PVSD_ADDRESS, socket.SOCK_DGRAM)
     env = pvsd_env(
@@ -128,7 +117,7 @@ def test_perfdhcp_load_gets_an_offer_for_every_discover(tmp_path: Path) -> None:
     )
     assert pvsd(env, "farm", "init").returncode == 0
     argv = [
-        perfdhcp,
+        perfdhcp_path,
         "-4",
         "-l",
         PERFDHCP_ADDRESS,

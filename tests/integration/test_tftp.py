@@ -11,7 +11,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import pytest
@@ -20,7 +20,7 @@ from support.net import free_port
 from support.pvsd import ServeProcess, pvsd, pvsd_env, serve, wait_for
 from support.tftp import Address, exchange, fetch, wait_until_serving
 
-from pvsd.tftp.codec import Ack, Error, ErrorCode, OptionAck, ReadRequest, WriteRequest, decode, encode
+from pvsd.tftp.codec import Ack, Data, Error, ErrorCode, OptionAck, ReadRequest, WriteRequest, decode, encode
 
 HOST = "127.0.0.1"
 FILES = {
@@ -431,12 +431,20 @@ def test_a_client_that_stops_acking_is_abandoned(tmp_path: Path, root: Path) -> 
 
 
 def test_sigterm_ends_the_server_cleanly_during_transfers(tmp_path: Path, root: Path) -> None:
-    with tftp_server(tmp_path, root) as (process, address):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+    with tftp_server(tmp_path, root) as (process, address), ExitStack() as clients:
+        for _ in range(3):
+            sock = clients.enter_context(socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
+            sock.settimeout(5)
             sock.sendto(encode(ReadRequest("big40m", "octet")), address)
-            time.sleep(0.2)
+            for block in (1, 2, 3):  # each transfer is under way: three blocks received and acknowledged
+                data, port = sock.recvfrom(65536)
+                packet = decode(data)
+                assert isinstance(packet, Data) and packet.block == block, packet
+                sock.sendto(encode(Ack(block)), port)
         process.signal(signal.SIGTERM)
         assert process.wait() == 0
+    closed = [e for e in process.log_events() if e.get("event") == "TFTP service closed"]
+    assert sum(e["transfers_cut_short"] for e in closed) == 3, process.log_text()[-3000:]
 
 
 def test_tftp_port_in_use_is_a_clear_error(tmp_path: Path, root: Path) -> None:

@@ -1,11 +1,11 @@
 from __future__ import annotations
 
-import os
 import pwd
 import subprocess
 import sys
 
 import pytest
+from support import needs
 
 from pvsd.errors import BadInput
 from pvsd.privileges import drop_privileges
@@ -20,8 +20,8 @@ def test_an_unknown_user_names_the_key() -> None:
         drop_privileges("no-such-user-pvsd")
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="switching users needs root")
 def test_root_switches_to_the_user_and_its_groups() -> None:
+    needs.root("switching users")
     # In a child process: the test runner itself must stay root.
     code = (
         "import os; from pvsd.privileges import drop_privileges; "

@@ -9,15 +9,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from support.dhcp_captures import (
+    ALL_CAPTURES,
     DNSMASQ_4011_ACK,
     DNSMASQ_PROXY_OFFER,
     IPXE_BIOS_DISCOVER,
     IPXE_BIOS_REQUEST_4011,
     IPXE_UEFI_DISCOVER,
     OVMF_DISCOVER,
-    OVMF_REQUEST,
-    PVSD_OFFER_TO_IPXE_UEFI,
-    PVSD_OFFER_TO_OVMF,
+    Captured,
 )
 
 from pvsd.dhcp.codec import (
@@ -35,18 +34,6 @@ from pvsd.dhcp.codec import (
     encode_pxe_options,
 )
 from pvsd.net.reader import DecodeError
-
-ALL_CAPTURES = [
-    IPXE_BIOS_DISCOVER,
-    DNSMASQ_PROXY_OFFER,
-    IPXE_BIOS_REQUEST_4011,
-    DNSMASQ_4011_ACK,
-    IPXE_UEFI_DISCOVER,
-    PVSD_OFFER_TO_IPXE_UEFI,
-    OVMF_DISCOVER,
-    PVSD_OFFER_TO_OVMF,
-    OVMF_REQUEST,
-]
 
 
 def test_uefi_vendor_classes_as_captured() -> None:
@@ -97,8 +84,9 @@ def test_ipxe_request_to_4011_and_the_ack() -> None:
     assert ack.siaddr == ipaddress.IPv4Address("10.77.0.11")
 
 
-@pytest.mark.parametrize("capture", ALL_CAPTURES)
-def test_captures_survive_a_round_trip(capture: bytes) -> None:
+@pytest.mark.parametrize("captured", ALL_CAPTURES, ids=lambda captured: captured.name)
+def test_captures_survive_a_round_trip(captured: Captured) -> None:
+    capture = captured.payload
     packet = decode(capture)
     again = encode(packet)
     assert decode(again) == packet

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
+from support import needs
 
 from pvsd.tftp.codec import ErrorCode, TftpError
 from pvsd.tftp.sources import FileCache, SourceRegistry, find_file, resolve_path, to_netascii
@@ -51,8 +52,8 @@ def test_unsafe_or_missing_names_are_refused_with_a_reason(
     assert caught.value.code == code
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="making a device node needs root")
 def test_device_files_are_refused(root: Path) -> None:
+    needs.root("making a device node")
     os.mknod(root / "zero", 0o600 | 0o020000, os.makedev(1, 5))  # a character device like /dev/zero
     with pytest.raises(TftpError, match="not a regular file"):
         resolve_path(root, "zero")

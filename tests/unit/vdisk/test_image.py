@@ -5,6 +5,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -106,11 +109,31 @@ def test_non_regular_source(tmp_path: Path) -> None:
         os.close(keeper)
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads any file")
-def test_unreadable_source(tmp_path: Path) -> None:
-    source = make_source(tmp_path, 512)
-    source.chmod(0)
-    assert "permission denied" in refused(source, tmp_path / "v1.img")
+def test_unreadable_source() -> None:
+    """Root reads any file, so as root (how `make test` runs) the import runs as nobody."""
+    with tempfile.TemporaryDirectory() as folder:
+        # tmp_path's parents are private to root: a folder that nobody may enter, not list
+        Path(folder).chmod(0o711)
+        source = make_source(Path(folder), 512)
+        source.chmod(0)
+        if os.geteuid() != 0:
+            assert "permission denied" in refused(source, Path(folder) / "v1.img")
+            return
+        code = (
+            "import sys; from pathlib import Path; from pvsd.errors import BadInput\n"
+            "from pvsd.privileges import drop_privileges; from pvsd.vdisk import import_image\n"
+            "drop_privileges('nobody')\n"
+            "try: import_image(Path(sys.argv[1]), Path(sys.argv[2]), sector_size=512)\n"
+            "except BadInput as error: print(error)"
+        )
+        result = subprocess.run(
+            [sys.executable, "-c", code, str(source), f"{folder}/v1.img"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.returncode == 0, result.stderr
+        assert "permission denied" in result.stdout
 
 
 def test_empty_source(tmp_path: Path) -> None:
