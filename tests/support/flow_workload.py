@@ -56,6 +56,17 @@ class Workload:
         flow = self.flow
         return not self.pending and flow.open_handles == 0 and flow.queued == 0
 
+    def idle(self, now: float) -> float | None:
+        """With nothing on the wire: the time to jump to (the flow's next deadline), or None when done."""
+        deadline = self.flow.next_deadline()
+        if deadline is None and self.finished:
+            return None
+        return now if deadline is None else max(now, deadline)
+
+    def stuck(self) -> str:
+        flow = self.flow
+        return f"not finished: {flow.open_handles} handles open, {flow.in_flight} requests in flight"
+
     def check(self) -> None:
         self.collect()
         assert self.got == {handle: Completion(handle, c.data, None) for handle, c in self.expected.items()}

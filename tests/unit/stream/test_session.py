@@ -304,14 +304,13 @@ def test_a_flow_against_the_server_core_over_a_bad_channel(
             to_client.deliver_some(lambda datagram, at=now: deliver(datagram, flow, at))
             now += 0.001
         elif not port.busy and not to_server:
-            deadline = flow.next_deadline()
-            if deadline is None and work.finished:
+            later = work.idle(now)
+            if later is None:
                 break
-            if deadline is not None:
-                now = max(now, deadline)
+            now = later
         work.collect()
     else:
-        pytest.fail(f"not finished: {flow.open_handles} handles open, {flow.in_flight} requests in flight")
+        pytest.fail(work.stuck())
     work.check()
     assert disk == work.model
     assert len(port.written) == len(set(port.written))  # every WRITE applied once, whatever was resent

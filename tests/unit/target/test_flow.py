@@ -424,13 +424,12 @@ def test_a_lossy_reordering_channel_still_gives_every_completion_right(
             network.deliver_some(lambda reply, at=now: flow.receive(reply[0], reply[1], at))
             now += 0.001
         else:
-            deadline = flow.next_deadline()
-            if deadline is None and work.finished:
+            later = work.idle(now)
+            if later is None:
                 break
-            if deadline is not None:
-                now = max(now, deadline)
+            now = later
         work.collect()
     else:
-        pytest.fail(f"not finished: {flow.open_handles} handles open, {flow.in_flight} requests in flight")
+        pytest.fail(work.stuck())
     work.check()
     assert server.image == work.model
