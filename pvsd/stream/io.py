@@ -20,6 +20,7 @@ from typing import Any
 import structlog
 
 from pvsd.errors import Misuse
+from pvsd.lograte import REFUSAL_LOG_INTERVAL_S, LogRate
 from pvsd.net.udp import Address, UdpEndpoint
 from pvsd.stream.session import (
     Action,
@@ -82,6 +83,7 @@ class IoServer:
         self._lanes: dict[str, _Lane] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._attach_log = LogRate(REFUSAL_LOG_INTERVAL_S)
 
     @property
     def stats(self) -> IoStats:
@@ -149,7 +151,7 @@ class IoServer:
                 )
             elif isinstance(action, Dropped):
                 self.log.debug(
-                    "dropped a malformed datagram",
+                    "dropped a datagram",
                     peer=f"{action.peer[0]}:{action.peer[1]}",
                     reason=action.reason,
                 )
@@ -264,11 +266,17 @@ class IoServer:
             "reason": refusal.reason,
         }
         if action.attaching:
-            self.log.warning("attach refused", mac=action.mac, session=action.session, **fields)
+            # Anyone can send a forged ticket at line rate: one line a minute per code, with a count.
+            count = self._attach_log.due(refusal.code.name, time.monotonic())
+            if count is not None:
+                self.log.warning(
+                    "attach refused", mac=action.mac, session=action.session, refusals=count, **fields
+                )
         elif refusal.code is ErrorCode.UNKNOWN_SESSION:
             # Routine (a target whose server restarted, or stray datagrams): debug, so a flood
             # cannot fill the log; the target logs in again and says so itself.
             self.log.debug("request refused", session=action.session, **fields)
         else:
             self.log.info("request refused", session=action.session, mac=action.mac, **fields)
-        self._send(action.datagram, action.peer)
+        if action.datagram is not None:
+            self._send(action.datagram, action.peer)

@@ -28,9 +28,12 @@ from typing import Any, Protocol
 import structlog
 
 from pvsd.config import Config
+from pvsd.errors import BadInput
 from pvsd.farm.errors import StoreError, StoreUnavailable
 from pvsd.farm.records import FarmView, Server, ServerState
 from pvsd.farm.store import FarmStore
+from pvsd.lograte import REFUSAL_LOG_INTERVAL_S, LogRate
+from pvsd.net.mac import parse_mac
 from pvsd.net.reader import DecodeError
 from pvsd.net.udp import Address, UdpEndpoint
 from pvsd.stream.admission import Grant, decide_login, place_resumed
@@ -45,6 +48,7 @@ from pvsd.stream.wire import (
     decode,
     encode,
     fit_error,
+    is_server_message,
 )
 from pvsd.vdisk.image import image_path
 
@@ -66,6 +70,8 @@ class LoginStats:
     refused: int = 0
     malformed: int = 0
     dropped: int = 0  # the pending logins were full
+    reflected: int = 0  # server messages (ERROR, LOGIN_REPLY, ...) dropped unanswered
+    unanswered: int = 0  # requests too short for even a bare ERROR: dropped
 
 
 class LocalWorkers(Protocol):
@@ -118,6 +124,7 @@ class LoginServer:
         self._dropped_logged_at = -DROPPED_LOG_INTERVAL_S
         self._dropped_since_log = 0
         self._tasks: set[asyncio.Task[None]] = set()
+        self._refusal_log = LogRate(REFUSAL_LOG_INTERVAL_S)
 
     async def start(self) -> None:
         self.endpoint = UdpEndpoint.bind(
@@ -143,6 +150,11 @@ class LoginServer:
     # -- the request path -----------------------------------------------------------------------------
 
     def datagram_received(self, data: bytes, peer: Address) -> None:
+        if is_server_message(data):
+            # Never answered: a spoofed source would set two servers answering each other.
+            self.stats.reflected += 1
+            self.log.debug("dropped a server's message at the login port", peer=f"{peer[0]}:{peer[1]}")
+            return
         try:
             header, message = decode(data)
         except DecodeError as error:
@@ -157,6 +169,15 @@ class LoginServer:
             )
             return
         pending = _Pending(header.request_id, message, peer, len(data))
+        try:
+            parse_mac(message.mac)
+        except BadInput as error:
+            # A broadcast, multicast or all-zero MAC: no network card has one. Bad input, not a fault.
+            self._send(
+                self._refuse(StreamRefusal(ErrorCode.BAD_REQUEST, str(error)), pending, self._log(pending)),
+                peer,
+            )
+            return
         if not message.ticket and len(data) < MIN_FRESH_LOGIN:
             # Refused here, before it costs a task, a place in line or the store.
             self._send(
@@ -173,9 +194,12 @@ class LoginServer:
         now = time.monotonic()
         earlier = self._answers.get(pending.key)
         if earlier is not None and now - earlier[0] < _REPLAY_S:
-            if earlier[1] is not None:
-                self._send(earlier[1], peer)  # our answer was lost: the same one again
-            return  # still working on it
+            answer = earlier[1]
+            # Our answer was lost: the same one again, if this copy itself may have it (a copy
+            # cut short of the padding rule gets nothing: no amplification by replay either).
+            if answer and (message.ticket or len(answer) <= len(data)):
+                self._send(answer, peer)
+            return  # still working on it, or nothing to send
         if self._pending >= self.config.login.max_pending:
             self._drop(pending, now)
             return
@@ -210,10 +234,10 @@ class LoginServer:
                 reply = await self._answer(pending)
             finally:
                 self._pending -= 1
-            self._remember(pending, time.monotonic(), reply)
+            self._remember(pending, time.monotonic(), reply or b"")
             self._send(reply, pending.peer)
 
-    async def _answer(self, pending: _Pending) -> bytes:
+    async def _answer(self, pending: _Pending) -> bytes | None:
         log = self._log(pending)
         try:
             if pending.login.ticket:
@@ -323,7 +347,7 @@ class LoginServer:
             device=result.view.device.name if result.view.device else None,
             vdisk=claims.vdisk,
             version=claims.version,
-            server=placement.server.name,
+            serving=placement.server.name,  # `server` is bound to the one that logs the line
             io=f"{placement.server.address}:{placement.io_port}",
             session=session.id,
             why=placement.reason,
@@ -351,7 +375,7 @@ class LoginServer:
             "login resumed with a ticket",
             vdisk=claims.vdisk,
             version=claims.version,
-            server=placement.server.name,
+            serving=placement.server.name,
             io=f"{placement.server.address}:{placement.io_port}",
             session=claims.session,
             why=placement.reason,
@@ -473,13 +497,23 @@ class LoginServer:
                 return reply
             entries.pop()  # no amplification: fewer servers listed rather than a larger reply
 
-    def _refuse(self, refusal: StreamRefusal, pending: _Pending, log: structlog.stdlib.BoundLogger) -> bytes:
+    def _refuse(
+        self, refusal: StreamRefusal, pending: _Pending, log: structlog.stdlib.BoundLogger
+    ) -> bytes | None:
         self.stats.refused += 1
-        log.warning("login refused", code=refusal.code.name, reason=refusal.reason)
+        if refusal.code is ErrorCode.BAD_REQUEST:
+            log.debug("login refused", code=refusal.code.name, reason=refusal.reason)
+        else:
+            # A flood of random MACs is one line a minute per code, saying how many it stands for.
+            count = self._refusal_log.due(refusal.code.name, time.monotonic())
+            if count is not None:
+                log.warning("login refused", code=refusal.code.name, reason=refusal.reason, refusals=count)
         return fit_error(refusal.code, refusal.reason, pending.request_id, 0, pending.size)
 
-    def _send(self, data: bytes, peer: Address) -> None:
-        if self.endpoint is not None:
+    def _send(self, data: bytes | None, peer: Address) -> None:
+        if data is None:
+            self.stats.unanswered += 1
+        elif self.endpoint is not None:
             self.endpoint.send(data, peer)
 
 

@@ -49,6 +49,7 @@ from pvsd.stream.wire import (
     decode,
     encode,
     fit_error,
+    is_server_message,
 )
 
 __all__ = [
@@ -99,6 +100,8 @@ class IoStats:
     flushes: int = 0
     refused: int = 0
     malformed: int = 0
+    reflected: int = 0  # server messages (ERROR, DATA, ...) dropped unanswered
+    unanswered: int = 0  # refusals too large to send for the request they answer
 
 
 @dataclass(frozen=True)
@@ -109,9 +112,10 @@ class Send:
 
 @dataclass(frozen=True)
 class Refuse:
-    """An ERROR to send; `attaching` refusals concern a ticket, the rest a session's request."""
+    """An ERROR to send (None: not even a bare ERROR fits the request's size, so nothing is sent);
+    `attaching` refusals concern a ticket, the rest a session's request."""
 
-    datagram: bytes
+    datagram: bytes | None
     peer: Address
     refusal: StreamRefusal
     session: int = 0
@@ -210,6 +214,9 @@ class StreamServer:
     def receive(self, datagram: bytes, peer: Address, now: float, now_ms: int) -> list[Action]:
         if len(datagram) == _READ_SIZE and datagram[3] == MessageType.READ:
             return self._fast_read(datagram, peer, now)
+        if is_server_message(datagram):
+            self.stats.reflected += 1
+            return [Dropped(peer, "a message only a server sends")]
         try:
             header, message = decode(datagram)
         except DecodeError as error:
@@ -416,21 +423,25 @@ class StreamServer:
     def _unknown(self, request_id: int, session_id: int, peer: Address, size: int) -> Refuse:
         self.stats.refused += 1
         refusal = StreamRefusal(ErrorCode.UNKNOWN_SESSION, "log in again")
-        return Refuse(
-            fit_error(refusal.code, refusal.reason, request_id, session_id, size), peer, refusal, session_id
-        )
+        return Refuse(self._fit(refusal, request_id, session_id, size), peer, refusal, session_id)
 
     def _refuse_session(
         self, session: _Session, refusal: StreamRefusal, request_id: int, size: int
     ) -> Refuse:
         self.stats.refused += 1
         sid = session.claims.session
-        datagram = fit_error(refusal.code, refusal.reason, request_id, sid, size)
+        datagram = self._fit(refusal, request_id, sid, size)
         return Refuse(datagram, session.peer, refusal, sid, session.claims.mac)
 
     def _refuse_attach(
         self, refusal: StreamRefusal, request_id: int, session_id: int, peer: Address, size: int, mac: str
     ) -> Refuse:
         self.stats.refused += 1
-        datagram = fit_error(refusal.code, refusal.reason, request_id, session_id, size)
+        datagram = self._fit(refusal, request_id, session_id, size)
         return Refuse(datagram, peer, refusal, session_id, mac, attaching=True)
+
+    def _fit(self, refusal: StreamRefusal, request_id: int, session_id: int, size: int) -> bytes | None:
+        datagram = fit_error(refusal.code, refusal.reason, request_id, session_id, size)
+        if datagram is None:
+            self.stats.unanswered += 1
+        return datagram

@@ -16,6 +16,7 @@ from pvsd.net.reader import DecodeError, ProtocolError, Reader
 
 __all__ = [
     "MAGIC",
+    "SERVER_MESSAGES",
     "VERSION",
     "Data",
     "ErrorCode",
@@ -38,6 +39,7 @@ __all__ = [
     "decode",
     "encode",
     "fit_error",
+    "is_server_message",
 ]
 
 MAGIC = 0x5056  # "PV"
@@ -58,6 +60,18 @@ class MessageType(enum.IntEnum):
     FLUSH = 9
     KEEPALIVE = 10
     LOGOUT = 11
+
+
+# What only a server sends. A server drops these unanswered (docs/protocol.md, "No reflection").
+SERVER_MESSAGES = frozenset(
+    (
+        MessageType.LOGIN_REPLY,
+        MessageType.REDIRECT,
+        MessageType.ERROR,
+        MessageType.DATA,
+        MessageType.WRITE_ACK,
+    )
+)
 
 
 class ErrorCode(enum.IntEnum):
@@ -352,13 +366,25 @@ def encode(message: Message, request_id: int = 0, session: int = 0, flags: int =
     return head + body
 
 
-def fit_error(code: ErrorCode, message: str, request_id: int, session: int, limit: int) -> bytes:
-    """An ERROR reply no larger than the request it answers (no amplification)."""
+def fit_error(code: ErrorCode, message: str, request_id: int, session: int, limit: int) -> bytes | None:
+    """An ERROR reply no larger than the request it answers (no amplification), its message cut
+    to fit; None when not even an empty message fits: then the request gets no answer."""
     reply = encode(ErrorReply(code, message), request_id, session)
     if len(reply) <= limit:
         return reply
-    room = max(0, len(message.encode()) - (len(reply) - limit))
+    room = len(message.encode()) - (len(reply) - limit)
+    if room < 0:
+        return None
     return encode(ErrorReply(code, message.encode()[:room].decode(errors="ignore")), request_id, session)
+
+
+def is_server_message(datagram: bytes) -> bool:
+    """Whether a datagram claims a type that only a server sends (SERVER_MESSAGES).
+
+    Read from the type byte alone, before any decoding: a server never answers one, whatever
+    else it holds, so that a spoofed source can never set two servers answering each other.
+    """
+    return len(datagram) > 3 and datagram[3] in SERVER_MESSAGES
 
 
 _DATA_HEAD = struct.Struct("!HBBHIQQ")  # the header, then the DATA offset

@@ -128,7 +128,7 @@ def test_twenty_targets_copy_at_once(tmp_path: Path) -> None:
         for process in farm.processes.values():
             for event in process.log_events():
                 if event["event"] == "login granted":
-                    per_server[event["server"]] += 1
+                    per_server[event["serving"]] += 1
         assert all(count >= 5 for count in per_server.values()), per_server  # both servers took a share
 
 

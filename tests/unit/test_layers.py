@@ -32,6 +32,7 @@ PURE = {
     "pvsd.target.nbd_codec",
     "pvsd.boot.bootstrap",
     "pvsd.boot.ipxe",
+    "pvsd.lograte",
 }
 # Plain data and its checks: what a pure module may use of pvsd besides other pure modules.
 DATA = {"pvsd.errors", "pvsd.names", "pvsd.units", "pvsd.config", "pvsd.farm.records"}

@@ -209,6 +209,27 @@ def test_malformed_datagrams_are_dropped_and_counted() -> None:
     assert server.stats.malformed == 2
 
 
+@pytest.mark.parametrize(
+    "message",
+    [ErrorReply(ErrorCode.UNKNOWN_SESSION, "log in again"), Data(0, b"x" * 512), WriteAck(1)],
+)
+def test_messages_only_a_server_sends_are_never_answered(message: object) -> None:
+    """Answering them would let a spoofed source set two servers answering each other."""
+    server = attached()
+    for session in (SESSION, 999):  # whether or not the session exists
+        (action,) = server.receive(encode(message, 1, session), PEER, 1.0, NOW_MS)  # type: ignore[arg-type]
+        assert isinstance(action, Dropped)
+    assert server.stats.reflected == 2
+
+
+def test_a_refusal_that_cannot_fit_its_request_is_not_sent() -> None:
+    server = attached()
+    keepalive = encode(Keepalive(), 5, 999)  # 18 bytes: a bare ERROR is 21
+    (refused,) = server.receive(keepalive, PEER, 1.0, NOW_MS)
+    assert isinstance(refused, Refuse) and refused.datagram is None
+    assert server.stats.unanswered == 1
+
+
 @given(st.binary(max_size=200), st.integers(0, 2**32 - 1))
 def test_any_datagram_gives_actions_never_an_exception(blob: bytes, now: int) -> None:
     server = attached()
