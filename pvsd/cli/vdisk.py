@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
 from pathlib import Path
 
@@ -17,9 +19,10 @@ from pvsd.cli.common import (
 )
 from pvsd.config import Config
 from pvsd.errors import BadInput
-from pvsd.farm.records import AccessMode, ReplicaState, VDisk, VersionState, WriteCache
+from pvsd.farm.records import AccessMode, VDisk, VDiskShape, WriteCache
+from pvsd.names import check_name
 from pvsd.units import format_size
-from pvsd.vdisk.image import image_path, import_image
+from pvsd.vdisk.image import check_source, discard_image, image_path, import_image, move_image
 
 __all__ = ["register"]
 
@@ -68,33 +71,40 @@ def _mode_text(vdisk: VDisk) -> str:
 
 def _import(args: argparse.Namespace, config: Config) -> int:
     """Copy a raw image into this server's store as the vDisk's next version, verified."""
+    # Nothing is written, to the farm or to the store, before the source is known to be good;
+    # then the farm records the vDisk, its version and this server's replica in one transaction.
     store = open_farm(config)
     source = Path(args.file)
-    try:
-        size = source.stat().st_size
-    except OSError as error:
-        raise BadInput(f"cannot read {source}: {error.strerror}") from None
     existing = next((v for v in store.list_vdisks() if v.name == args.name), None)
-    if existing is None:
-        existing = store.create_vdisk(
-            args.name, size, sector_size=args.sector_size, mode=args.mode, cache=args.cache
-        )
-    elif existing.size != size:
+    sector_size = existing.sector_size if existing is not None else args.sector_size
+    size = check_source(source, sector_size)
+    if existing is not None and existing.size != size:
         raise BadInput(
             f"{source} is {size} bytes but vDisk {args.name!r} is {existing.size}: "
             "a new version must keep the disk's size"
         )
-    number = max(v.number for v in existing.versions) + 1
-    destination = image_path(Path(config.server.store), args.name, number)
+    check_name("vDisk", args.name)
+    folder = image_path(Path(config.server.store), args.name, 0).parent
+    staged = folder / f".import-{os.getpid()}.img"
     progress = progress_bar(f"importing {source.name}") if sys.stderr.isatty() and not args.quiet else None
-    result = import_image(source, destination, progress, sector_size=existing.sector_size)
-    version = store.add_version(args.name, VersionState.PRODUCTION, sha256=result.sha256)
-    servers = {s.name for s in store.list_servers()}
-    if config.server.name in servers:
-        store.report_replica(
-            config.server.name, args.name, version.number, result.sha256, ReplicaState.VERIFIED
+    here = config.server.name if config.server.name in {s.name for s in store.list_servers()} else None
+    try:
+        result = import_image(source, staged, progress, sector_size=sector_size)
+        shape = VDiskShape(result.size, sector_size, AccessMode(args.mode), WriteCache(args.cache))
+        version = store.import_version(
+            args.name,
+            shape,
+            result.sha256,
+            here,
+            place=lambda number: move_image(staged, image_path(Path(config.server.store), args.name, number)),
         )
-        held = f"replica on {config.server.name} verified"
+    finally:
+        discard_image(staged)
+        with contextlib.suppress(OSError):
+            folder.rmdir()  # only if the import left it empty
+    destination = image_path(Path(config.server.store), args.name, version.number)
+    if here is not None:
+        held = f"replica on {here} verified"
     else:
         held = "servers using this store report their replica at their next scan"
     print(

@@ -28,6 +28,7 @@ __all__ = [
     "Session",
     "Site",
     "VDisk",
+    "VDiskShape",
     "VDiskVersion",
     "VersionState",
     "WriteCache",
@@ -147,6 +148,16 @@ class VDisk:
     mode: AccessMode
     created_at: float
     versions: tuple[VDiskVersion, ...]
+    cache: WriteCache = WriteCache.DEVICE
+
+
+@dataclass(frozen=True)
+class VDiskShape:
+    """What a new vDisk is made of: its geometry and how it is served."""
+
+    size: int
+    sector_size: int = 512
+    mode: AccessMode = AccessMode.STANDARD
     cache: WriteCache = WriteCache.DEVICE
 
 

@@ -45,6 +45,7 @@ from pvsd.farm.records import (
     Session,
     Site,
     VDisk,
+    VDiskShape,
     VDiskVersion,
     VersionState,
     WriteCache,
@@ -441,37 +442,68 @@ class FarmStore:
         cache: WriteCache = WriteCache.DEVICE,
     ) -> VDisk:
         """Record a new vDisk with its base version 0 (in production, no image hash yet)."""
-        check_name("vDisk", name)
-        if sector_size not in SECTOR_SIZES:
-            raise BadInput(f"bad sector size {sector_size}: use one of {SECTOR_SIZES}")
-        if size <= 0 or size % sector_size:
-            raise BadInput(
-                f"bad vDisk size {size}: must be a positive multiple of the sector size {sector_size}"
-            )
-        mode = AccessMode(mode)
-        cache = WriteCache(cache)
+        _check_vdisk(name, size, sector_size)
+        mode, cache = AccessMode(mode), WriteCache(cache)
+        self._run(True, lambda cursor: self._create_vdisk_in(cursor, name, size, sector_size, mode, cache))
+        return self.get_vdisk(name)
 
-        def work(cursor: Cursor) -> None:
-            if self._one(cursor, "SELECT 1 FROM vdisks WHERE name = ?", (name,)):
-                raise AlreadyExists(f"vDisk {name!r} exists already")
-            vdisk_id = self._one(
+    def _create_vdisk_in(
+        self, cursor: Cursor, name: str, size: int, sector_size: int, mode: AccessMode, cache: WriteCache
+    ) -> int:
+        if self._one(cursor, "SELECT 1 FROM vdisks WHERE name = ?", (name,)):
+            raise AlreadyExists(f"vDisk {name!r} exists already")
+        vdisk_id = int(
+            self._one(
                 cursor,
                 "INSERT INTO vdisks (name, size, sector_size, mode, cache, created_at) "
                 "VALUES (?, ?, ?, ?, ?, {now}) RETURNING id",
                 (name, size, sector_size, mode, cache),
             )[0]
-            self._exec(
-                cursor,
-                "INSERT INTO vdisk_versions (vdisk_id, number, state, sha256, created_at) "
-                "VALUES (?, 0, ?, NULL, {now})",
-                (vdisk_id, VersionState.PRODUCTION),
-            )
-            self._audit(
-                cursor, "vdisk.create", name, size=size, sector_size=sector_size, mode=mode, cache=cache
-            )
+        )
+        self._exec(
+            cursor,
+            "INSERT INTO vdisk_versions (vdisk_id, number, state, sha256, created_at) "
+            "VALUES (?, 0, ?, NULL, {now})",
+            (vdisk_id, VersionState.PRODUCTION),
+        )
+        self._audit(cursor, "vdisk.create", name, size=size, sector_size=sector_size, mode=mode, cache=cache)
+        return vdisk_id
 
-        self._run(True, work)
-        return self.get_vdisk(name)
+    def import_version(
+        self,
+        name: str,
+        new: VDiskShape,
+        sha256: str,
+        server: str | None,
+        place: Callable[[int], None],
+    ) -> VDiskVersion:
+        """An imported image, recorded in one transaction: the vDisk (made from `new` if it does not
+        exist yet, else checked to have its size), its next version in production with `sha256`,
+        and a verified replica on `server` when given. `place(number)` puts the image under its
+        version's name before the transaction commits; if it fails, nothing is recorded."""
+        _check_vdisk(name, new.size, new.sector_size)
+
+        def work(cursor: Cursor) -> int:
+            row = self._one(cursor, "SELECT id, size FROM vdisks WHERE name = ?", (name,))
+            if row is None:
+                vdisk_id = self._create_vdisk_in(
+                    cursor, name, new.size, new.sector_size, AccessMode(new.mode), WriteCache(new.cache)
+                )
+            elif int(row[1]) != new.size:
+                raise BadInput(
+                    f"the image is {new.size} bytes but vDisk {name!r} is {row[1]}: "
+                    "a new version must keep the disk's size"
+                )
+            else:
+                vdisk_id = int(row[0])
+            number = self._add_version_in(cursor, vdisk_id, name, VersionState.PRODUCTION, sha256)
+            if server is not None:
+                self._report_replica_in(cursor, server, vdisk_id, name, number, sha256, ReplicaState.VERIFIED)
+            place(number)
+            return number
+
+        number = self._run(True, work)
+        return next(v for v in self.get_vdisk(name).versions if v.number == number)
 
     def get_vdisk(self, name: str) -> VDisk:
         found = [vdisk for vdisk in self._vdisks(name) if vdisk.name == name]
@@ -542,25 +574,24 @@ class FarmStore:
 
         def work(cursor: Cursor) -> int:
             vdisk_id = self._id(cursor, "vdisks", "name", vdisk, "vDisk")
-            number = (
-                int(
-                    self._one(
-                        cursor, "SELECT MAX(number) FROM vdisk_versions WHERE vdisk_id = ?", (vdisk_id,)
-                    )[0]
-                )
-                + 1
-            )
-            self._exec(
-                cursor,
-                "INSERT INTO vdisk_versions (vdisk_id, number, state, sha256, created_at) "
-                "VALUES (?, ?, ?, ?, {now})",
-                (vdisk_id, number, state, sha256),
-            )
-            self._audit(cursor, "vdisk.version.add", f"{vdisk}.{number}", state=state, sha256=sha256)
-            return number
+            return self._add_version_in(cursor, vdisk_id, vdisk, state, sha256)
 
         number = self._run(True, work)
         return next(v for v in self.get_vdisk(vdisk).versions if v.number == number)
+
+    def _add_version_in(
+        self, cursor: Cursor, vdisk_id: int, vdisk: str, state: VersionState, sha256: str | None
+    ) -> int:
+        highest = self._one(cursor, "SELECT MAX(number) FROM vdisk_versions WHERE vdisk_id = ?", (vdisk_id,))
+        number = int(highest[0]) + 1
+        self._exec(
+            cursor,
+            "INSERT INTO vdisk_versions (vdisk_id, number, state, sha256, created_at) "
+            "VALUES (?, ?, ?, ?, {now})",
+            (vdisk_id, number, state, sha256),
+        )
+        self._audit(cursor, "vdisk.version.add", f"{vdisk}.{number}", state=state, sha256=sha256)
+        return number
 
     def set_version(
         self,
@@ -602,26 +633,38 @@ class FarmStore:
         state = ReplicaState(state)
 
         def work(cursor: Cursor) -> None:
-            server_id = self._id(cursor, "servers", "name", server, "server")
             vdisk_id = self._id(cursor, "vdisks", "name", vdisk, "vDisk")
             if not self._one(
                 cursor, "SELECT 1 FROM vdisk_versions WHERE vdisk_id = ? AND number = ?", (vdisk_id, version)
             ):
                 raise NotFound(f"vDisk {vdisk!r} has no version {version}")
-            verified_at = "{now}" if state is ReplicaState.VERIFIED else "NULL"
-            self._exec(
-                cursor,
-                f"""INSERT INTO replicas (server_id, vdisk_id, number, sha256, state, verified_at)
-                    VALUES (?, ?, ?, ?, ?, {verified_at})
-                    ON CONFLICT (server_id, vdisk_id, number)
-                    DO UPDATE SET sha256 = excluded.sha256, state = excluded.state,
-                                  verified_at = excluded.verified_at""",
-                (server_id, vdisk_id, version, sha256, state),
-            )
-            self._audit(cursor, "replica.report", f"{server}:{vdisk}.{version}", sha256=sha256, state=state)
+            self._report_replica_in(cursor, server, vdisk_id, vdisk, version, sha256, state)
 
         self._run(True, work)
         return next(r for r in self.list_replicas(vdisk) if r.server == server and r.version == version)
+
+    def _report_replica_in(
+        self,
+        cursor: Cursor,
+        server: str,
+        vdisk_id: int,
+        vdisk: str,
+        version: int,
+        sha256: str | None,
+        state: ReplicaState,
+    ) -> None:
+        server_id = self._id(cursor, "servers", "name", server, "server")
+        verified_at = "{now}" if state is ReplicaState.VERIFIED else "NULL"
+        self._exec(
+            cursor,
+            f"""INSERT INTO replicas (server_id, vdisk_id, number, sha256, state, verified_at)
+                VALUES (?, ?, ?, ?, ?, {verified_at})
+                ON CONFLICT (server_id, vdisk_id, number)
+                DO UPDATE SET sha256 = excluded.sha256, state = excluded.state,
+                              verified_at = excluded.verified_at""",
+            (server_id, vdisk_id, version, sha256, state),
+        )
+        self._audit(cursor, "replica.report", f"{server}:{vdisk}.{version}", sha256=sha256, state=state)
 
     def list_replicas(self, vdisk: str | None = None) -> list[Replica]:
         return self._run(False, lambda cursor: self._replicas_in(cursor, vdisk))
@@ -986,6 +1029,14 @@ class FarmStore:
             ),
         )
         return [AuditEntry(*row) for row in rows]
+
+
+def _check_vdisk(name: str, size: int, sector_size: int) -> None:
+    check_name("vDisk", name)
+    if sector_size not in SECTOR_SIZES:
+        raise BadInput(f"bad sector size {sector_size}: use one of {SECTOR_SIZES}")
+    if size <= 0 or size % sector_size:
+        raise BadInput(f"bad vDisk size {size}: must be a positive multiple of the sector size {sector_size}")
 
 
 def _server(row: Any) -> Server:

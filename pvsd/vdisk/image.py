@@ -24,8 +24,11 @@ __all__ = [
     "ImageCheck",
     "ImportResult",
     "Sidecar",
+    "check_source",
+    "discard_image",
     "image_path",
     "import_image",
+    "move_image",
     "read_sidecar",
     "sha256_file",
     "sidecar_path",
@@ -148,14 +151,7 @@ def import_image(
         raise ValueError(f"chunk ({chunk}) and sector size ({sector_size}) must be positive")
     if destination.exists():
         raise BadInput(f"cannot import to {destination}: it exists already")
-    try:
-        source_fd = os.open(source, os.O_RDONLY)
-    except FileNotFoundError:
-        raise BadInput(f"cannot import {source}: no such file") from None
-    except PermissionError:
-        raise BadInput(f"cannot import {source}: not readable (permission denied)") from None
-    except OSError as error:
-        raise BadInput(f"cannot import {source}: {error.strerror or error}") from None
+    source_fd = _open_source(source)
     try:
         total = _check_source(source, os.fstat(source_fd), sector_size)
         # Hashing needs the bytes in user space anyway, so sendfile or copy_file_range would
@@ -173,6 +169,26 @@ def import_image(
     finally:
         os.close(source_fd)
     return ImportResult(size=total, sha256=sha256)
+
+
+def check_source(source: Path, sector_size: int) -> int:
+    """The size of an image that `import_image` would accept; BadInput naming the reason if not."""
+    source_fd = _open_source(source)
+    try:
+        return _check_source(source, os.fstat(source_fd), sector_size)
+    finally:
+        os.close(source_fd)
+
+
+def _open_source(source: Path) -> int:
+    try:
+        return os.open(source, os.O_RDONLY)
+    except FileNotFoundError:
+        raise BadInput(f"cannot import {source}: no such file") from None
+    except PermissionError:
+        raise BadInput(f"cannot import {source}: not readable (permission denied)") from None
+    except OSError as error:
+        raise BadInput(f"cannot import {source}: {error.strerror or error}") from None
 
 
 def _check_source(source: Path, info: os.stat_result, sector_size: int) -> int:
@@ -237,6 +253,21 @@ def _write_all(fd: int, path: Path, data: memoryview) -> None:
         except OSError as error:
             raise Failure(f"cannot write {path}: {error.strerror or error}") from None
         data = data[written:]
+
+
+def move_image(image: Path, destination: Path) -> None:
+    """Give an imported image (and its sidecar) its version's name, in the same folder."""
+    if destination.exists():
+        raise BadInput(f"cannot import to {destination}: it exists already")
+    image.replace(destination)
+    sidecar_path(image).replace(sidecar_path(destination))
+    _fsync_directory(destination.parent)
+
+
+def discard_image(image: Path) -> None:
+    """Remove an image and its sidecar if they are there: an import that was not recorded."""
+    for path in (image, sidecar_path(image), image.with_suffix(".img.part")):
+        path.unlink(missing_ok=True)
 
 
 def _fsync_directory(folder: Path) -> None:

@@ -139,3 +139,33 @@ def test_config_show_and_defaults(
     assert code == 0 and "[tftp]\nenabled = true\nport = 1069\n" in out
     code, out, _ = run(capsys, "config", "defaults")
     assert code == 0 and "port = 69\n" in out and out.startswith("# pvsd configuration")
+
+
+def test_a_refused_import_leaves_nothing_behind(
+    farm: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Importing a directory used to leave a 4 KiB vDisk (its st_size) and an audit entry, and
+    the real image was then refused under that name."""
+    store = tmp_path / "store"
+    monkeypatch.setenv("PVSD_SERVER__STORE", str(store))
+    (tmp_path / "folder").mkdir()
+    image = tmp_path / "disk.raw"
+    image.write_bytes(bytes(range(256)) * 8192)  # 2 MiB
+    code, _, err = run(capsys, "vdisk", "import", "d2", str(tmp_path / "folder"))
+    assert code == 2 and "directory" in err
+    assert json.loads(run(capsys, "vdisk", "list", "--json")[1]) == []
+    code, _, err = run(capsys, "vdisk", "import", "d2", str(tmp_path / "odd.raw"))
+    assert code == 2 and "no such file" in err
+    (store / "d3").mkdir(parents=True)
+    (store / "d3" / "v1.img").write_bytes(b"in the way")  # the version's name is taken
+    code, _, err = run(capsys, "vdisk", "import", "d3", str(image))
+    assert code == 2 and "exists already" in err
+    assert sorted(p.name for p in (store / "d3").iterdir()) == ["v1.img"]  # nothing staged left
+    assert json.loads(run(capsys, "vdisk", "list", "--json")[1]) == []
+    assert not [e for e in json.loads(run(capsys, "farm", "audit", "--json")[1]) if "d2" in json.dumps(e)]
+
+    code, out, _ = run(capsys, "vdisk", "import", "d2", str(image), "--quiet")
+    assert code == 0, out
+    (vdisk,) = json.loads(run(capsys, "vdisk", "list", "--json")[1])
+    assert (vdisk["name"], vdisk["size"], [v["number"] for v in vdisk["versions"]]) == ("d2", 2 << 20, [0, 1])
+    assert sorted(p.name for p in (store / "d2").iterdir()) == ["v1.img", "v1.img.sha256"]
