@@ -12,7 +12,7 @@ It generates one random raw image, serves it read-only with pvsd (on 127.0.0.11,
 
 - sequential read of the whole disk (MB/s, 10^6 bytes/s) by 1 target (best of the repeats)
   and by N targets at once (total bytes / wall time from the first launch to the last exit);
-  pvsd targets are `pvsd target copy --out - --json` processes, one device (MAC) each, and
+  pvsd targets are `pvsd target copy --out /dev/null --json` processes, one device (MAC) each, and
   every copy's sha256 is checked against the image's; qemu-nbd is read by `nbdcopy ... null:`
   and by fio's nbd engine (rw=read bs=1M iodepth=16), the better of the two is its figure;
 - 4 KiB random reads (IOPS) by 1 and N targets, `depth` reads in flight each for a fixed time:
@@ -558,7 +558,7 @@ def wait_pvsd(server: Server) -> None:
 
 def copy_argv(index: int) -> list[str]:
     argv = [str(PVSD), "--log-level", "warning", "target", "copy", "--mac", mac_of(index)]
-    return [*argv, "--servers", PVSD_HOST, "--out", "-", "--json"]
+    return [*argv, "--servers", PVSD_HOST, "--out", "/dev/null", "--json"]
 
 
 def measure_pvsd_seq(running: Running, row: Measurement, image: Image, settings: Settings) -> Cell:

@@ -16,6 +16,7 @@ import re
 import socket
 import tomllib
 import typing
+import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -96,6 +97,10 @@ def _database_url(value: str) -> str | None:
     if value.startswith("sqlite:///") and len(value) > len("sqlite:///"):
         return None
     if value.startswith(("postgresql://", "postgres://")):
+        try:
+            urllib.parse.urlsplit(value).port  # noqa: B018 - raises for a port out of 0-65535
+        except ValueError as error:
+            return f"{value!r} is not a usable PostgreSQL URL: {error}"
         return None
     return f"{value!r} is not a database URL: use sqlite:///RELATIVE/PATH, sqlite:////ABSOLUTE/PATH or postgresql://..."
 

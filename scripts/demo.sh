@@ -84,7 +84,7 @@ wait "${pids[0]}" || true
 "${pvsd[@]}" server list
 
 step "pvsd target copy again, with pvs1 gone: the login goes to pvs2"
-"${pvsd[@]}" --log-level warning target copy --mac 52:54:00:12:34:56 --servers 127.0.0.11,127.0.0.12 --out -
+"${pvsd[@]}" --log-level warning target copy --mac 52:54:00:12:34:56 --servers 127.0.0.11,127.0.0.12 --out /dev/null
 
 if [ "$guest" = 1 ]; then
     step "restarting pvs1: it joins the farm again and verifies its replicas"

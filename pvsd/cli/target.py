@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import sys
 import time
 from pathlib import Path
 
@@ -41,7 +43,11 @@ def register(commands: Commands) -> None:
 
     copy = command("copy", _copy, "read the whole disk into a file and print its sha256 and throughput")
     copy.add_argument(
-        "--out", type=Path, required=True, metavar="FILE", help="where to write the disk (- for none)"
+        "--out",
+        type=Path,
+        required=True,
+        metavar="FILE",
+        help="where to write the disk (- for standard output; the summary then goes to standard error)",
     )
     copy.add_argument(
         "--rate", type=size_argument, metavar="BYTES", help="read at most this many bytes a second (e.g. 20M)"
@@ -152,17 +158,34 @@ def _client(args: argparse.Namespace, config: Config) -> StreamClient:
 
 
 def _copy(args: argparse.Namespace, config: Config) -> int:
-    out = None if str(args.out) == "-" else args.out
-    result = run(copy_disk(_client(args, config), out, args.rate))
+    to_stdout = str(args.out) == "-"
+    client = _client(args, config)
+    if to_stdout:
+        sys.stdout.flush()
+        fd = os.dup(sys.stdout.fileno())
+    else:
+        try:  # before the login: a bad path must not cost a session
+            fd = os.open(args.out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        except OSError as error:
+            raise BadInput(f"--out: cannot write {args.out}: {error.strerror}") from None
+    try:
+        result = run(copy_disk(client, fd, args.rate))
+    finally:
+        os.close(fd)
+    say = sys.stderr if to_stdout else sys.stdout
     if args.json:
-        print(json.dumps(result))
+        print(json.dumps(result), file=say)
         return 0
     print(
         f"copied {format_size(result['bytes'])} in {result['seconds']:.2f} s ({result['mb_per_s']} MB/s) "
-        f"from {result['server']}, {result['retransmits']} retransmits"
+        f"from {result['server']}, {result['retransmits']} retransmits",
+        file=say,
     )
     for failover in result["failovers"]:
-        print(f"failed over from {failover['from']} to {failover['to']}: stalled {failover['stall_s']:.2f} s")
+        print(
+            f"failed over from {failover['from']} to {failover['to']}: stalled {failover['stall_s']:.2f} s",
+            file=say,
+        )
     print(f"sha256 {result['sha256']}")
     return 0
 

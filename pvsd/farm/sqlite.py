@@ -32,7 +32,13 @@ class SqliteBackend:
             )
         try:
             if create:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
+                # One new folder (var/ in a fresh checkout), never a whole missing tree: a
+                # mistyped absolute path should fail, not make a farm somewhere unexpected.
+                if not self.path.parent.parent.is_dir():
+                    raise StoreUnavailable(
+                        f"cannot create farm database {self.path}: {self.path.parent.parent} does not exist"
+                    )
+                self.path.parent.mkdir(exist_ok=True)
             connection = sqlite3.connect(
                 self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False
             )

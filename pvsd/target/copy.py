@@ -8,7 +8,6 @@ import hashlib
 import os
 import random
 import time
-from pathlib import Path
 from typing import Any
 
 from pvsd.errors import BadInput
@@ -20,13 +19,13 @@ CHUNK = 4 << 20  # bytes per read handed to the flow; it splits them into bursts
 CHUNKS_IN_FLIGHT = 4
 
 
-async def copy_disk(client: StreamClient, out: Path | None, rate: int | None = None) -> dict[str, Any]:
-    """Read the whole disk in order (chunks in flight at once), at most `rate` bytes a second if
-    given; returns what the copy measured."""
+async def copy_disk(client: StreamClient, fd: int | None, rate: int | None = None) -> dict[str, Any]:
+    """Read the whole disk in order (chunks in flight at once) into the open file `fd` (None: only
+    hash it), at most `rate` bytes a second if given; returns what the copy measured. The caller
+    opens `fd` before the login, so a bad output path costs the farm nothing, and closes it."""
     reply = await client.connect()
     size = reply.disk_size
     digest = hashlib.sha256()
-    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644) if out is not None else None
     started = time.monotonic()
     try:
         pending: list[asyncio.Task[bytes]] = []
@@ -54,8 +53,6 @@ async def copy_disk(client: StreamClient, out: Path | None, rate: int | None = N
             await sinking
         elapsed = time.monotonic() - started
     finally:
-        if fd is not None:
-            os.close(fd)
         stats = client.flow.stats if client.flow is not None else None
         await client.close()
     return {

@@ -410,3 +410,24 @@ def test_a_ticket_login_needs_no_database(tmp_path: Path, pg_cluster: Any) -> No
         other = next(name for name in SERVERS if name != serving)
         events = [e["event"] for e in farm.processes[other].log_events()]
         assert "login resumed with a ticket" in events
+
+
+def test_copy_checks_its_output_before_logging_in_and_writes_to_stdout_for_a_dash(tmp_path: Path) -> None:
+    with stream_farm(tmp_path, size=1 << 20) as farm:
+        farm.start("pvs1")
+        farm.wait_verified("disk", ("pvs1",))
+        where = ["target", "copy", "--mac", MAC, "--servers", "127.0.0.11"]
+        missing = pvsd(farm.env, *where, "--out", str(tmp_path / "missing" / "disk.raw"))
+        assert missing.returncode == 2 and "--out: cannot write" in missing.stderr, missing.stderr
+        assert "Traceback" not in missing.stderr
+        assert not [e for e in farm.processes["pvs1"].log_events() if e["event"] == "login granted"]
+        to_stdout = subprocess.run(
+            [sys.executable, "-m", "pvsd", *where, "--out", "-", "--json"],
+            env=farm.env,
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
+        assert to_stdout.returncode == 0, to_stdout.stderr
+        assert hashlib.sha256(to_stdout.stdout).hexdigest() == farm.sha256
+        assert json.loads(to_stdout.stderr.decode().splitlines()[-1])["sha256"] == farm.sha256
