@@ -550,6 +550,12 @@ def _check_together(config: Config) -> Config:
             f"{config.farm.dead_after} must be longer than farm.heartbeat_interval "
             f"({config.farm.heartbeat_interval}), or live servers would be reported dead",
         )
+    if config.login.enabled and not config.stream.enabled:
+        raise ConfigError(
+            "login.enabled",
+            "the login service hands out this server's I/O workers, which [stream] enabled = false "
+            "turns off: enable both, or set [login] enabled = false too",
+        )
     return config
 
 

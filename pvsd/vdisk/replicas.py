@@ -1,6 +1,7 @@
 """This server's replicas: which vDisk versions its store holds, checked and reported to the farm.
 
-At start and every SCAN_INTERVAL_S the server looks in `[server] store` for the image of
+At start, every SCAN_INTERVAL_S, and within a second of an image appearing or going (its
+folder's mtime changes), the server looks in `[server] store` for the image of
 every imaged vDisk version and reports it verified (hash equal to the farm's), bad, or
 missing. Logins only go to servers with a verified replica. A hash is trusted from the
 sidecar written at import while the file's size and mtime are unchanged, so a scan costs a
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from pathlib import Path
 
 import structlog
@@ -25,6 +27,7 @@ from pvsd.vdisk.image import image_path, verify_image
 __all__ = ["ReplicaScanner", "scan_replicas"]
 
 SCAN_INTERVAL_S = 10.0
+WATCH_INTERVAL_S = 1.0
 
 
 def scan_replicas(store: FarmStore, server: str, folder: Path, log: structlog.stdlib.BoundLogger) -> int:
@@ -72,6 +75,17 @@ def scan_replicas(store: FarmStore, server: str, folder: Path, log: structlog.st
     return verified
 
 
+def _folder_times(folder: Path) -> tuple[tuple[str, int], ...]:
+    """The modification times of the store and of each vDisk's folder in it (a new or removed
+    image changes its folder's)."""
+    try:
+        with os.scandir(folder) as entries:
+            times = [(e.name, e.stat().st_mtime_ns) for e in entries if e.is_dir(follow_symlinks=False)]
+        return (("", folder.stat().st_mtime_ns), *sorted(times))
+    except OSError:
+        return ()
+
+
 class ReplicaScanner:
     def __init__(
         self, store: FarmStore, server: str, folder: Path, log: structlog.stdlib.BoundLogger
@@ -95,9 +109,16 @@ class ReplicaScanner:
         self._task = asyncio.create_task(self._run(), name="replica-scan")
 
     async def _run(self) -> None:
+        # Between full scans, a glance at the folders' mtimes each second: an image imported
+        # (or removed) here is reported at once, not up to SCAN_INTERVAL_S later.
+        loop = asyncio.get_running_loop()
+        seen, scanned_at = _folder_times(self.folder), loop.time()
         while True:
-            await asyncio.sleep(SCAN_INTERVAL_S)
-            await self.scan()
+            await asyncio.sleep(WATCH_INTERVAL_S)
+            now = _folder_times(self.folder)
+            if now != seen or loop.time() - scanned_at >= SCAN_INTERVAL_S:
+                await self.scan()
+                seen, scanned_at = now, loop.time()
 
     async def close(self) -> None:
         if self._task is not None:

@@ -38,6 +38,7 @@ from pvsd.stream.wire import (
     encode,
 )
 from pvsd.target.client import StreamClient
+from pvsd.vdisk.replicas import SCAN_INTERVAL_S
 
 MAC = "52:54:00:00:00:00"
 
@@ -431,3 +432,18 @@ def test_copy_checks_its_output_before_logging_in_and_writes_to_stdout_for_a_das
         assert to_stdout.returncode == 0, to_stdout.stderr
         assert hashlib.sha256(to_stdout.stdout).hexdigest() == farm.sha256
         assert json.loads(to_stdout.stderr.decode().splitlines()[-1])["sha256"] == farm.sha256
+
+
+def test_an_image_imported_while_servers_run_is_known_within_seconds(tmp_path: Path) -> None:
+    """Not at the next full scan (10 s): the servers watch their store's folders."""
+    with stream_farm(tmp_path, size=1 << 20) as farm:
+        start_both(farm)
+        second = tmp_path / "second.raw"
+        second.write_bytes(os.urandom(1 << 20))
+        # imported by a host that is no farm server, so no replica is reported by the import itself
+        result = pvsd({**farm.env, "PVSD_SERVER__NAME": "workstation"}, "vdisk", "import", "two", str(second))
+        assert result.returncode == 0, result.stderr
+        farm.run("device", "add", "52:54:00:00:00:22", "--name", "t2", "--vdisk", "two")
+        farm.wait_verified("two", timeout=SCAN_INTERVAL_S / 2)  # before any full scan could come
+        out = copy(farm, tmp_path / "two.out", mac="52:54:00:00:00:22")
+        assert out["sha256"] == hashlib.sha256(second.read_bytes()).hexdigest()

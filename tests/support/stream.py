@@ -60,12 +60,14 @@ class StreamFarm:
         )
         return process
 
-    def wait_verified(self, vdisk: str, servers: tuple[str, ...] = tuple(SERVERS)) -> None:
+    def wait_verified(
+        self, vdisk: str, servers: tuple[str, ...] = tuple(SERVERS), timeout: float = 30
+    ) -> None:
         def verified() -> bool:
             replicas = json.loads(self.run("vdisk", "replicas", vdisk, "--json"))
             return {r["server"] for r in replicas if r["state"] == "verified"} >= set(servers)
 
-        wait_for(verified, timeout=30)
+        wait_for(verified, timeout=timeout)
 
     def sessions(self) -> list[dict[str, Any]]:
         result: list[dict[str, Any]] = json.loads(self.run("session", "list", "--json"))

@@ -30,12 +30,16 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
 def test_farm_init_with_database_flag_is_idempotent(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    url = f"sqlite:///{tmp_path}/sub/dir/farm.db"
+    url = f"sqlite:///{tmp_path}/sub/farm.db"  # one new folder, as var/ in a fresh checkout
     code, out, _ = run(capsys, "farm", "init", "--database", url)
     assert code == 0 and "created" in out
     code, out, _ = run(capsys, "farm", "init", "--database", url)
     assert code == 0 and "already exists" in out
-    assert (tmp_path / "sub" / "dir" / "farm.db").exists()
+    assert (tmp_path / "sub" / "farm.db").exists()
+    # a whole missing tree is a mistyped path, not a place to make a farm
+    code, _, err = run(capsys, "farm", "init", "--database", f"sqlite:///{tmp_path}/none/dir/farm.db")
+    assert code == 1 and "does not exist" in err
+    assert not (tmp_path / "none").exists()
 
 
 def test_device_commands(farm: str, capsys: pytest.CaptureFixture[str]) -> None:

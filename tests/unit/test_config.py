@@ -120,6 +120,8 @@ def test_environment_values_are_parsed_and_checked(
         ("[stream]\nports = '6911'", "stream.ports", "port range"),
         ("[stream]\nworkers = -2", "stream.workers", "0 (one per CPU)"),
         ("[log]\nlevel = 'loud'", "log.level", "not one of"),
+        ("[stream]\nenabled = false", "login.enabled", "[stream] enabled = false"),
+        ("[farm]\ndatabase = 'postgresql://h:99999/x'", "farm.database", "Port out of range"),
     ],
 )
 def test_every_bad_key_type_or_value_names_the_key(tmp_path: Path, toml: str, key: str, reason: str) -> None:
