@@ -7,6 +7,10 @@ naming each such file at start, and `pvsd config check` prints the same without 
 
 from __future__ import annotations
 
+import errno
+import os
+import pwd
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +20,7 @@ from pvsd.config import Config
 from pvsd.tftp.codec import TftpError
 from pvsd.tftp.sources import find_file
 
-__all__ = ["Problem", "boot_file_problems", "config_problems"]
+__all__ = ["Problem", "boot_file_problems", "config_problems", "host_problems"]
 
 # The boot files a proxy offer names and TFTP serves (the HTTP-boot ones go over HTTP).
 TFTP_BOOT_FILES = {
@@ -95,3 +99,62 @@ def config_problems(config: Config) -> list[Problem]:
             )
         )
     return problems
+
+
+def host_problems(config: Config) -> list[Problem]:
+    """What only this host can answer: the user, the folders, the addresses and the ports.
+
+    Each port is bound for a moment, as `pvsd serve` would bind it, so a port that a running
+    pvsd (or another TFTP or DHCP server) holds shows up here as in use.
+    """
+    problems = []
+    if config.server.user:
+        try:
+            pwd.getpwnam(config.server.user)
+        except KeyError:
+            problems.append(Problem("server.user", f"no user {config.server.user!r} on this host"))
+    if config.stream.enabled:
+        cache = Path(config.stream.cache_dir)
+        parent = next((p for p in (cache, *cache.parents) if p.exists()), Path())
+        if not os.access(parent, os.W_OK | os.X_OK):
+            problems.append(Problem("stream.cache_dir", f"{cache} cannot be created or written ({parent})"))
+    bind = config.server.bind or config.server.address
+    owned = _bind_problem(socket.SOCK_DGRAM, bind, 0)
+    if owned is not None:
+        key = "server.bind" if config.server.bind else "server.address"
+        problems.append(Problem(key, f"cannot listen on {bind}: {owned}"))
+        return problems  # every port below would say the same
+    for key, host, port, kind in _listeners(config, bind):
+        problem = _bind_problem(kind, host, port)
+        if problem is not None:
+            problems.append(Problem(key, f"cannot listen on {host}:{port}: {problem}"))
+    return problems
+
+
+def _listeners(config: Config, bind: str) -> list[tuple[str, str, int, socket.SocketKind]]:
+    udp = socket.SOCK_DGRAM
+    listeners = []
+    if config.tftp.enabled:
+        listeners.append(("tftp.port", config.tftp.bind or bind, config.tftp.port, udp))
+    if config.dhcp.enabled:
+        listeners.append(("dhcp.port", config.dhcp.bind or "0.0.0.0", config.dhcp.port, udp))  # noqa: S104
+    if config.login.enabled:
+        listeners.append(("login.port", bind, config.login.port, udp))
+    if config.stream.enabled:
+        first, last = (int(part) for part in config.stream.ports.split("-"))
+        listeners += [("stream.ports", bind, port, udp) for port in range(first, last + 1)]
+    return listeners  # [api] is not served yet: its port is checked once it is
+
+
+def _bind_problem(kind: socket.SocketKind, host: str, port: int) -> str | None:
+    with socket.socket(socket.AF_INET, kind) as probe:
+        try:
+            probe.bind((host, port))
+        except OSError as error:
+            hints = {
+                errno.EADDRINUSE: "in use (a pvsd, or another TFTP/DHCP server, is running)",
+                errno.EADDRNOTAVAIL: "not an address of this host",
+                errno.EACCES: "permission denied (ports below 1024 need root or CAP_NET_BIND_SERVICE)",
+            }
+            return hints.get(error.errno or 0, error.strerror or str(error))
+    return None

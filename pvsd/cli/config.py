@@ -8,7 +8,7 @@ import sys
 from pvsd.cli.common import Commands, open_farm
 from pvsd.config import Config, render_toml
 from pvsd.farm.errors import StoreError
-from pvsd.preflight import Problem, config_problems
+from pvsd.preflight import Problem, config_problems, host_problems
 
 __all__ = ["register"]
 
@@ -36,7 +36,7 @@ def _defaults(args: argparse.Namespace, config: Config) -> int:
 
 def _check(args: argparse.Namespace, config: Config) -> int:
     """A bad config never gets here: loading it fails first, naming the key (exit 2)."""
-    problems = config_problems(config)
+    problems = config_problems(config) + host_problems(config)
     try:
         open_farm(config).close()
     except StoreError as error:
