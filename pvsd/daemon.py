@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
@@ -13,7 +14,7 @@ import structlog
 from pvsd.boot.publish import BootFiles
 from pvsd.config import Config, ConfigError
 from pvsd.dhcp.server import DhcpServer, boot_policy
-from pvsd.errors import Failure
+from pvsd.errors import Failure, PvsdError
 from pvsd.farm.devices import DeviceView
 from pvsd.farm.membership import Membership
 from pvsd.farm.records import Device, Server
@@ -41,13 +42,29 @@ def advertised_ports(config: Config) -> dict[str, int]:
     }
 
 
-async def serve(config: Config, actor: str, log: structlog.stdlib.BoundLogger) -> None:
-    """Run one server until SIGTERM or SIGINT. Errors meant for the user propagate as PvsdError."""
+async def serve(
+    config: Config, actor: str, log: structlog.stdlib.BoundLogger, take_over: bool = False
+) -> None:
+    """Run one server until SIGTERM or SIGINT. Errors meant for the user propagate as PvsdError.
+    `take_over` replaces a live process serving under this server's name."""
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
     # Installed first, so that a signal during start-up still ends in a clean leave.
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stopping.set)
+    reloads: list[Callable[[], None]] = []
+
+    def hangup() -> None:
+        # SIGHUP at logout used to kill `pvsd serve &` without a word or a clean leave. Logs go
+        # to stderr (nothing to re-open); what can change without a restart is re-read.
+        log.info("SIGHUP: reloading what can be reloaded ([boot] script); other keys need a restart")
+        for reload in reloads:
+            try:
+                reload()
+            except PvsdError as error:
+                log.error("reload failed; keeping what was loaded", error=str(error))
+
+    loop.add_signal_handler(signal.SIGHUP, hangup)
 
     store: FarmStore = await asyncio.to_thread(open_store, config.farm.database, actor)
     try:
@@ -68,12 +85,12 @@ async def serve(config: Config, actor: str, log: structlog.stdlib.BoundLogger) -
                 address=config.server.address,
                 hint="set [server] address to this host's address on the boot network",
             )
-        this = await membership.join()
+        this = await membership.join(take_over)
         services: list[Service] = []
         try:
             await membership.refresh(loop.time())
             farm = await asyncio.to_thread(store.get_farm)
-            services = await _start_services(config, farm.name, farm.secret, this, membership, log)
+            services = await _start_services(config, farm.name, farm.secret, this, membership, log, reloads)
             if drop_privileges(config.server.user):
                 log.info("switched user after binding", user=config.server.user)
             log.info(
@@ -112,15 +129,17 @@ async def _start_services(
     this: Server,
     membership: Membership,
     log: structlog.stdlib.BoundLogger,
+    reloads: list[Callable[[], None]],
 ) -> list[Service]:
-    """Bind every enabled service; a port that cannot be bound stops the start with a clear error."""
+    """Bind every enabled service; a port that cannot be bound stops the start with a clear error.
+    What can be re-read on SIGHUP is added to `reloads`."""
     devices = DeviceView(membership.store, config.farm.heartbeat_interval)
     services: list[Service] = [devices]
     try:
         template = _device_template(config)
         await devices.start()
         if config.tftp.enabled:
-            services += await _start_tftp(config, farm, this, membership, devices, template, log)
+            services += await _start_tftp(config, farm, this, membership, devices, template, log, reloads)
         if config.dhcp.enabled:
             services.append(await _start_dhcp(config, devices, log))
             for problem in boot_file_problems(config):
@@ -152,6 +171,7 @@ async def _start_tftp(
     devices: DeviceView,
     template: str | None,
     log: structlog.stdlib.BoundLogger,
+    reloads: list[Callable[[], None]],
 ) -> list[Service]:
     processes = worker_count(config.tftp.workers)
     tftp_config = share_of(config.tftp, processes)
@@ -181,8 +201,13 @@ async def _start_tftp(
         for mac in scripts.withdrawn:
             log.info("device script withdrawn", mac=mac)
 
+    def reload_template() -> None:
+        files.template = _device_template(config)
+        devices_changed(list(devices.devices.values()))
+
     membership.watchers.append(files.servers_changed)
     devices.watchers.append(devices_changed)
+    reloads.append(reload_template)
     return [tftp, workers]
 
 

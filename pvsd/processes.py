@@ -168,6 +168,8 @@ def run_worker(
     """Run `main(log)` on a fresh event loop (uvloop when installed) in this worker process."""
     # Ctrl-C on a terminal reaches the whole process group: the main process decides when we stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # A terminal's hangup reaches the whole process group: the main process decides what it means.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     configure_logging(level, fmt)
     log = get_logger(component).bind(**bind)
     with asyncio.Runner(loop_factory=loop_factory()) as runner:

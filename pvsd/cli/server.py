@@ -18,6 +18,11 @@ def register(commands: Commands) -> None:
     serve.add_argument("--name", dest="server_name", help="[server] name")
     serve.add_argument("--address", help="[server] address: the advertised IPv4 address")
     serve.add_argument("--bind", help="[server] bind: the listen address (default: the advertised address)")
+    serve.add_argument(
+        "--take-over",
+        action="store_true",
+        help="replace a live pvsd serving under this server's name (it stops); without it, refuse to start",
+    )
     server = commands.noun("server", "the farm's servers")
     with_json(server.command("list", _list, "each server's address, state and heartbeat age"))
     server.command("remove", _remove, "forget a stopped or dead server").add_argument("name")
@@ -27,7 +32,7 @@ def _serve(args: argparse.Namespace, config: Config) -> int:
     from pvsd.daemon import serve  # only `pvsd serve` needs the services
 
     log = get_logger("server").bind(server=config.server.name)
-    run(serve(config, f"server:{config.server.name}", log))
+    run(serve(config, f"server:{config.server.name}", log, take_over=args.take_over))
     return 0
 
 

@@ -17,8 +17,8 @@ from collections.abc import Callable, Mapping
 import structlog
 
 from pvsd.errors import Failure
-from pvsd.farm.errors import StoreUnavailable
-from pvsd.farm.records import HeartbeatResult, Server
+from pvsd.farm.errors import Conflict, StoreUnavailable
+from pvsd.farm.records import HeartbeatResult, Server, ServerState
 from pvsd.farm.store import FarmStore
 
 __all__ = ["Membership", "MembershipLost", "new_instance_token"]
@@ -28,6 +28,10 @@ OUTAGE_REMINDER_S = 30.0
 
 class MembershipLost(Failure):
     """Another process registered under this server's name: two servers must not share one."""
+
+
+# How long a newcomer watches a fresh heartbeat under its name, in heartbeat intervals.
+OWNER_WAIT_HEARTBEATS = 1.5
 
 
 def new_instance_token() -> str:
@@ -66,7 +70,11 @@ class Membership:
         """Called with the farm's servers after every heartbeat, database up or not."""
         self._view_read_at: float | None = None
 
-    async def join(self) -> Server:
+    async def join(self, take_over: bool = False) -> Server:
+        """Register this process as the server of its name. A live process already serving under
+        the name is left alone (Conflict) unless `take_over`: then it sees its name taken and stops."""
+        if not take_over:
+            await self._refuse_a_live_owner()
         server = await asyncio.to_thread(
             self.store.register_server,
             self.name,
@@ -79,6 +87,38 @@ class Membership:
         )
         self.log.info("joined the farm", server=self.name, address=self.address, instance=self.instance)
         return server
+
+    async def _record(self) -> Server | None:
+        servers = await asyncio.to_thread(self.store.list_servers)
+        return next((s for s in servers if s.name == self.name), None)
+
+    async def _refuse_a_live_owner(self) -> None:
+        first = await self._record()
+        if (
+            first is None
+            or first.state is not ServerState.RUNNING
+            or first.heartbeat_age is None
+            or first.heartbeat_age > self.dead_after
+        ):
+            return
+        # A fresh heartbeat: a process that crashed a moment ago, or one that is alive. A live
+        # one beats again within a heartbeat interval; a dead one does not, and is replaced.
+        self.log.info(
+            "this server's name has a fresh heartbeat; waiting a heartbeat to see whether its owner lives",
+            server=self.name,
+            instance=first.instance,
+        )
+        await asyncio.sleep(self.heartbeat_interval * OWNER_WAIT_HEARTBEATS)
+        again = await self._record()
+        if again is not None and (again.last_heartbeat, again.instance) != (
+            first.last_heartbeat,
+            first.instance,
+        ):
+            raise Conflict(
+                f"server {self.name!r} is running already (instance {again.instance}, at {again.address}); "
+                "refusing to start a second one. Stop it, give this server another [server] name, "
+                "or start with --take-over to replace it."
+            )
 
     def known_servers(self, now: float) -> list[Server]:
         """The farm as last read, with heartbeat ages brought up to `now` (loop time).

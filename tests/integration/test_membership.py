@@ -66,10 +66,55 @@ def test_a_second_server_with_the_same_name_and_another_address_refuses_to_start
         wait_for(lambda: states(env).get("pvs1") == "alive", timeout=20)
         with serve(env, "pvs1", "127.0.0.13", tmp_path) as impostor:
             assert impostor.wait() == 2
-            assert "already running at 127.0.0.11" in impostor.log_text()
+            assert "running already" in impostor.log_text() and "at 127.0.0.11" in impostor.log_text()
             assert "Traceback" not in impostor.log_text()
         assert server_states(env)["pvs1"]["address"] == "127.0.0.11"
         assert states(env)["pvs1"] == "alive"
+
+
+def test_a_second_server_with_the_same_name_refuses_unless_told_to_take_over(
+    farm_url: str, tmp_path: Path
+) -> None:
+    """A second `pvsd serve --name pvs1` used to take over, and the healthy first one exited."""
+    env = farm_env(farm_url)
+    with serve(env, "pvs1", "127.0.0.11", tmp_path) as first:
+        wait_for(lambda: states(env).get("pvs1") == "alive", timeout=20)
+        with serve(env, "pvs1", "127.0.0.11", tmp_path) as second:
+            assert second.wait() == 2
+            assert "running already" in second.log_text() and "--take-over" in second.log_text()
+        assert first.process.poll() is None and states(env)["pvs1"] == "alive"
+        with serve(env, "pvs1", "127.0.0.11", tmp_path, extra=("--take-over",)) as replacement:
+            assert first.wait() == 1  # it sees its name taken and stops
+            assert "another pvsd process registered" in first.log_text()
+            wait_for(lambda: states(env).get("pvs1") == "alive", timeout=20)
+            assert replacement.process.poll() is None
+
+
+def test_a_killed_server_restarts_at_once_under_its_name(tmp_path: Path) -> None:
+    """Its heartbeat is fresh but no longer moves: the newcomer waits one heartbeat, not dead_after."""
+    env = farm_env(f"sqlite:///{tmp_path}/farm.db")
+    with serve(env, "pvs1", "127.0.0.11", tmp_path) as first:
+        wait_for(lambda: any(e["event"] == "serving" for e in first.log_events()), timeout=20)
+        first.signal(signal.SIGKILL)
+        first.wait()
+        with serve(env, "pvs1", "127.0.0.11", tmp_path) as again:
+            wait_for(lambda: any(e["event"] == "serving" for e in again.log_events()), timeout=20)
+            waited = [e for e in again.log_events() if e["event"].startswith("this server's name has a fresh")]
+            assert waited, again.log_text()
+
+
+def test_sighup_neither_kills_the_server_nor_its_workers(tmp_path: Path) -> None:
+    env = farm_env(f"sqlite:///{tmp_path}/farm.db")
+    with serve(env, "pvs1", "127.0.0.11", tmp_path) as pvs1:
+        wait_for(lambda: any(e["event"] == "serving" for e in pvs1.log_events()), timeout=20)
+        pvs1.signal(signal.SIGHUP)
+        wait_for(lambda: any(e["event"].startswith("SIGHUP") for e in pvs1.log_events()), timeout=10)
+        assert pvs1.process.poll() is None
+        assert not [e for e in pvs1.log_events() if "died" in e["event"]]
+        assert states(env)["pvs1"] == "alive"
+        pvs1.signal(signal.SIGTERM)
+        assert pvs1.wait() == 0
+    assert states(env)["pvs1"] == "stopped"
 
 
 def test_serve_without_a_farm_exits_1_with_a_hint(tmp_path: Path) -> None:

@@ -90,7 +90,12 @@ class ServeProcess:
 
 @contextmanager
 def serve(
-    env: Mapping[str, str], name: str, address: str, folder: Path, namespace: str | None = None
+    env: Mapping[str, str],
+    name: str,
+    address: str,
+    folder: Path,
+    namespace: str | None = None,
+    extra: tuple[str, ...] = (),
 ) -> Iterator[ServeProcess]:
     """`pvsd serve` in the background, logging JSON to a file; always killed at the end."""
     log = folder / f"{name}-{address}-{time.monotonic_ns()}.log"
@@ -108,6 +113,7 @@ def serve(
                 name,
                 "--address",
                 address,
+                *extra,
             ],
             env=dict(env),
             stdout=stream,
