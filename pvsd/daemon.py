@@ -19,7 +19,7 @@ from pvsd.farm.devices import DeviceView
 from pvsd.farm.membership import Membership
 from pvsd.farm.records import Device, Server
 from pvsd.farm.store import FarmStore, open_store
-from pvsd.preflight import boot_file_problems
+from pvsd.preflight import address_problem, bind_hint, boot_file_problems
 from pvsd.privileges import drop_privileges
 from pvsd.stream.service import StreamService, stream_ports
 from pvsd.tftp.server import TftpServer
@@ -66,6 +66,10 @@ async def serve(
 
     loop.add_signal_handler(signal.SIGHUP, hangup)
 
+    # Before the farm hears of this server: a start that cannot listen leaves no record behind.
+    unusable = address_problem(config.server.bind)
+    if unusable is not None:
+        raise Failure(f"cannot listen on {config.server.bind}: {unusable}")
     store: FarmStore = await asyncio.to_thread(open_store, config.farm.database, actor)
     try:
         membership = Membership(
@@ -179,10 +183,8 @@ async def _start_tftp(
     try:
         await tftp.start()
     except OSError as error:
-        raise Failure(
-            f"cannot listen for TFTP on {config.tftp.bind}:{config.tftp.port}: {error.strerror} "
-            "(another TFTP server running? set [tftp] port or enabled = false)"
-        ) from error
+        hint = bind_hint(error, "another TFTP server running? set [tftp] port or enabled = false")
+        raise Failure(f"cannot listen for TFTP on {config.tftp.bind}:{config.tftp.port}: {hint}") from error
     workers = TftpWorkers(tftp_config, config.server.user, processes - 1, log)
     try:
         await workers.start()
@@ -231,8 +233,8 @@ async def _start_stream(
     try:
         await stream.start()
     except OSError as error:
-        raise Failure(
-            f"cannot listen for logins or streaming on {config.server.bind}: {error.strerror} "
-            "(another pvsd on this address? set [login] port, [stream] ports or enabled = false)"
-        ) from error
+        hint = bind_hint(
+            error, "another pvsd on this address? set [login] port, [stream] ports or enabled = false"
+        )
+        raise Failure(f"cannot listen for logins or streaming on {config.server.bind}: {hint}") from error
     return stream

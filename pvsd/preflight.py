@@ -20,7 +20,14 @@ from pvsd.config import Config
 from pvsd.tftp.codec import TftpError
 from pvsd.tftp.sources import find_file
 
-__all__ = ["Problem", "boot_file_problems", "config_problems", "host_problems"]
+__all__ = [
+    "Problem",
+    "address_problem",
+    "bind_hint",
+    "boot_file_problems",
+    "config_problems",
+    "host_problems",
+]
 
 # The boot files a proxy offer names and TFTP serves (the HTTP-boot ones go over HTTP).
 TFTP_BOOT_FILES = {
@@ -119,7 +126,7 @@ def host_problems(config: Config) -> list[Problem]:
         if not os.access(parent, os.W_OK | os.X_OK):
             problems.append(Problem("stream.cache_dir", f"{cache} cannot be created or written ({parent})"))
     bind = config.server.bind or config.server.address
-    owned = _bind_problem(socket.SOCK_DGRAM, bind, 0)
+    owned = address_problem(bind)
     if owned is not None:
         key = "server.bind" if config.server.bind else "server.address"
         problems.append(Problem(key, f"cannot listen on {bind}: {owned}"))
@@ -146,15 +153,25 @@ def _listeners(config: Config, bind: str) -> list[tuple[str, str, int, socket.So
     return listeners  # [api] is not served yet: its port is checked once it is
 
 
+def bind_hint(error: OSError, in_use: str = "a pvsd, or another TFTP/DHCP server, is running") -> str:
+    """Why a bind failed, in the words an operator needs (`in_use` says what holds the port)."""
+    hints = {
+        errno.EADDRINUSE: f"in use ({in_use})",
+        errno.EADDRNOTAVAIL: "not an address of this host (set [server] bind or address to one of its own)",
+        errno.EACCES: "permission denied (ports below 1024 need root or CAP_NET_BIND_SERVICE)",
+    }
+    return hints.get(error.errno or 0, error.strerror or str(error))
+
+
+def address_problem(host: str) -> str | None:
+    """Why this host cannot listen on `host` at all, or None."""
+    return _bind_problem(socket.SOCK_DGRAM, host, 0)
+
+
 def _bind_problem(kind: socket.SocketKind, host: str, port: int) -> str | None:
     with socket.socket(socket.AF_INET, kind) as probe:
         try:
             probe.bind((host, port))
         except OSError as error:
-            hints = {
-                errno.EADDRINUSE: "in use (a pvsd, or another TFTP/DHCP server, is running)",
-                errno.EADDRNOTAVAIL: "not an address of this host",
-                errno.EACCES: "permission denied (ports below 1024 need root or CAP_NET_BIND_SERVICE)",
-            }
-            return hints.get(error.errno or 0, error.strerror or str(error))
+            return bind_hint(error)
     return None

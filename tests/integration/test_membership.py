@@ -99,8 +99,8 @@ def test_a_killed_server_restarts_at_once_under_its_name(tmp_path: Path) -> None
         first.wait()
         with serve(env, "pvs1", "127.0.0.11", tmp_path) as again:
             wait_for(lambda: any(e["event"] == "serving" for e in again.log_events()), timeout=20)
-            waited = [e for e in again.log_events() if e["event"].startswith("this server's name has a fresh")]
-            assert waited, again.log_text()
+            fresh = "this server's name has a fresh heartbeat"
+            assert [e for e in again.log_events() if e["event"].startswith(fresh)], again.log_text()
 
 
 def test_sighup_neither_kills_the_server_nor_its_workers(tmp_path: Path) -> None:
@@ -139,3 +139,12 @@ def test_a_server_keeps_running_through_a_database_outage(tmp_path: Path) -> Non
             pvs1.signal(signal.SIGTERM)
             assert pvs1.wait() == 0
         assert states(env)["pvs1"] == "stopped"
+
+
+def test_serve_on_an_address_this_host_lacks_says_so_and_leaves_no_record(tmp_path: Path) -> None:
+    env = farm_env(f"sqlite:///{tmp_path}/farm.db")
+    with serve(env, "pvs9", "10.99.99.99", tmp_path) as server:
+        assert server.wait() == 1
+        assert "not an address of this host" in server.log_text()
+        assert "another TFTP server" not in server.log_text()
+    assert "pvs9" not in states(env)
