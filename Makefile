@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 PVSD   := $(BIN)/pvsd
 
 # Debian packages the tests drive for real (PostgreSQL is started by the tests themselves).
-DEBIAN_PACKAGES := postgresql atftp tftp-hpa tftpd-hpa dnsmasq-base curl kea-admin qemu-system-x86 ipxe-qemu ipxe ovmf radvd iproute2 linux-image-amd64 busybox-static nasm e2fsprogs libnbd-bin qemu-utils
+DEBIAN_PACKAGES := postgresql atftp tftp-hpa tftpd-hpa dnsmasq-base curl kea-admin qemu-system-x86 ipxe-qemu ipxe ovmf radvd iproute2 linux-image-amd64 busybox-static nasm e2fsprogs libnbd-bin qemu-utils faketime
 
 .PHONY: test demo lint typecheck pytest debian-deps clean bench-tftp bench-dhcp bench-stream bench-target bench-login
 
@@ -46,7 +46,7 @@ bench-dhcp: $(VENV)/.installed debian-deps
 	$(BIN)/python bench/dhcp.py
 
 # The vDisk streaming benchmark's peer (qemu-nbd) and its clients (nbdcopy, fio's nbd engine).
-BENCH_STREAM_PACKAGES := fio libnbd-bin qemu-utils
+BENCH_STREAM_PACKAGES := fio libnbd-bin qemu-utils faketime
 
 bench-stream: $(VENV)/.installed debian-deps
 	@scripts/install-debian-deps $(BENCH_STREAM_PACKAGES)

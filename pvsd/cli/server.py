@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import time
 
 from pvsd.cli.common import Commands, age, open_farm, print_json, print_table, with_json
 from pvsd.config import Config
+from pvsd.farm.membership import OWNER_WAIT_HEARTBEATS
+from pvsd.farm.records import Server
+from pvsd.farm.store import FarmStore
 from pvsd.log import get_logger
 from pvsd.processes import run
 
@@ -36,8 +40,31 @@ def _serve(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
+# A stamp further in the future than this says the writer's clock is ahead (farm/heartbeats.py).
+CLOCK_AHEAD_S = 1.0
+
+
+def observed_servers(store: FarmStore, config: Config) -> list[Server]:
+    """The farm's servers, with the ones whose heartbeat stamp is in the future (a writer's clock
+    ahead of ours) judged by watching the stamp for one and a half heartbeats: a stamp that
+    does not move is a dead server's."""
+    servers = store.list_servers()
+    ahead = {s.name for s in servers if s.heartbeat_age is not None and s.heartbeat_age < -CLOCK_AHEAD_S}
+    if not ahead:
+        return servers
+    time.sleep(config.farm.heartbeat_interval * OWNER_WAIT_HEARTBEATS)
+    before = {s.name: (s.last_heartbeat, s.instance) for s in servers}
+    judged = []
+    for server in store.list_servers():
+        if server.name in ahead:
+            moved = before.get(server.name) != (server.last_heartbeat, server.instance)
+            server = dataclasses.replace(server, heartbeat_age=0.0 if moved else None)
+        judged.append(server)
+    return judged
+
+
 def _list(args: argparse.Namespace, config: Config) -> int:
-    servers = open_farm(config).list_servers()
+    servers = observed_servers(open_farm(config), config)
     dead_after = config.farm.dead_after
     if args.json:
         print_json(
@@ -63,6 +90,11 @@ def _list(args: argparse.Namespace, config: Config) -> int:
 
 
 def _remove(args: argparse.Namespace, config: Config) -> int:
-    open_farm(config).remove_server(args.name, config.farm.dead_after)
+    store = open_farm(config)
+    judged = next((s for s in observed_servers(store, config) if s.name == args.name), None)
+    stuck = None
+    if judged is not None and judged.heartbeat_age is None and judged.last_heartbeat is not None:
+        stuck = (judged.last_heartbeat, judged.instance)
+    store.remove_server(args.name, config.farm.dead_after, stuck)
     print(f"server {args.name!r} removed")
     return 0

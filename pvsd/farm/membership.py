@@ -18,6 +18,7 @@ import structlog
 
 from pvsd.errors import Failure
 from pvsd.farm.errors import Conflict, StoreUnavailable
+from pvsd.farm.heartbeats import HeartbeatWatch
 from pvsd.farm.records import HeartbeatResult, Server, ServerState
 from pvsd.farm.store import FarmStore
 
@@ -69,12 +70,12 @@ class Membership:
         self.watchers: list[Callable[[list[Server]], None]] = []
         """Called with the farm's servers after every heartbeat, database up or not."""
         self._view_read_at: float | None = None
+        self._heartbeats = HeartbeatWatch(dead_after)
 
     async def join(self, take_over: bool = False) -> Server:
         """Register this process as the server of its name. A live process already serving under
         the name is left alone (Conflict) unless `take_over`: then it sees its name taken and stops."""
-        if not take_over:
-            await self._refuse_a_live_owner()
+        replace = take_over or await self._owner_seen_dead()
         server = await asyncio.to_thread(
             self.store.register_server,
             self.name,
@@ -84,6 +85,7 @@ class Membership:
             self.instance,
             self.dead_after,
             self.site,
+            replace,
         )
         self.log.info("joined the farm", server=self.name, address=self.address, instance=self.instance)
         return server
@@ -92,7 +94,9 @@ class Membership:
         servers = await asyncio.to_thread(self.store.list_servers)
         return next((s for s in servers if s.name == self.name), None)
 
-    async def _refuse_a_live_owner(self) -> None:
+    async def _owner_seen_dead(self) -> bool:
+        """Whether a fresh heartbeat under this name was watched not to move (a crash a moment
+        ago, or a dead server whose clock is ahead); Conflict if it moved (a live owner)."""
         first = await self._record()
         if (
             first is None
@@ -100,7 +104,7 @@ class Membership:
             or first.heartbeat_age is None
             or first.heartbeat_age > self.dead_after
         ):
-            return
+            return False
         # A fresh heartbeat: a process that crashed a moment ago, or one that is alive. A live
         # one beats again within a heartbeat interval; a dead one does not, and is replaced.
         self.log.info(
@@ -119,6 +123,7 @@ class Membership:
                 "refusing to start a second one. Stop it, give this server another [server] name, "
                 "or start with --take-over to replace it."
             )
+        return True
 
     def known_servers(self, now: float) -> list[Server]:
         """The farm as last read, with heartbeat ages brought up to `now` (loop time).
@@ -145,7 +150,7 @@ class Membership:
             view = await asyncio.to_thread(self.store.list_servers)
         except StoreUnavailable:
             return
-        self._view, self._view_read_at = view, now
+        self._view, self._view_read_at = self._heartbeats.observe(view, now), now
 
     async def run(self) -> None:
         """Heartbeat until cancelled; raises MembershipLost if another process takes the name."""

@@ -319,11 +319,13 @@ class FarmStore:
         instance: str,
         dead_after: float,
         site: str | None = None,
+        replace: bool = False,
     ) -> Server:
         """Record this server as running, with a fresh heartbeat, under a new `instance` token.
 
         Refuses (Conflict) when a server of that name is alive at another address: two
-        machines configured with one name would otherwise steal each other's targets.
+        machines configured with one name would otherwise steal each other's targets. With
+        `replace` (asked for, or its heartbeat seen stuck) the record is taken over anyway.
         """
         check_name("server", name)
 
@@ -346,7 +348,7 @@ class FarmStore:
             else:
                 old_address, state, age = row[1], row[2], row[3]
                 alive = state == ServerState.RUNNING and age is not None and age <= dead_after
-                if alive and old_address != address:
+                if alive and old_address != address and not replace:
                     raise Conflict(
                         f"server {name!r} is already running at {old_address} (heartbeat {age:.1f} s ago); "
                         f"refusing to start a second {name!r} at {address}. Give this server another "
@@ -417,14 +419,22 @@ class FarmStore:
     def _servers_in(self, cursor: Cursor) -> list[Server]:
         return [_server(row) for row in self._all(cursor, _SERVER_SELECT + " ORDER BY sv.name")]
 
-    def remove_server(self, name: str, dead_after: float) -> None:
-        """Forget a server that is stopped or dead (its replicas and sessions go with it)."""
+    def remove_server(
+        self, name: str, dead_after: float, stuck: tuple[float | None, str] | None = None
+    ) -> None:
+        """Forget a server that is stopped or dead (its replicas and sessions go with it).
+
+        `stuck` is a (heartbeat stamp, instance) the caller watched not change for longer than a
+        heartbeat: such a server is dead whatever its stamp says (a clock ahead writes stamps
+        in the future), so it may go if it is still the same."""
 
         def work(cursor: Cursor) -> None:
             row = self._one(cursor, _SERVER_SELECT + " WHERE sv.name = ?", (name,))
             if row is None:
                 raise NotFound(f"no server {name!r} in the farm")
-            if _server(row).health(dead_after) is ServerHealth.ALIVE:
+            server = _server(row)
+            seen_stuck = stuck is not None and stuck == (server.last_heartbeat, server.instance)
+            if server.health(dead_after) is ServerHealth.ALIVE and not seen_stuck:
                 raise Conflict(f"server {name!r} is alive; stop it before removing it")
             self._exec(cursor, "DELETE FROM servers WHERE name = ?", (name,))
             self._audit(cursor, "server.remove", name)
@@ -1050,7 +1060,7 @@ def _server(row: Any) -> Server:
         instance=row[6],
         started_at=row[7],
         last_heartbeat=row[8],
-        heartbeat_age=None if row[9] is None else max(0.0, float(row[9])),
+        heartbeat_age=None if row[9] is None else float(row[9]),  # below 0: a writer clock ahead
     )
 
 

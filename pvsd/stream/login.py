@@ -267,6 +267,11 @@ class LoginServer:
                 pending.size,
             )
 
+    def _observed_ages(self) -> dict[str, float | None]:
+        """Heartbeat ages as this server observed them (farm/heartbeats.py), not as the difference
+        of two clocks: a dead server with a clock ahead must get no logins."""
+        return {server.name: server.heartbeat_age for server in self._servers()}
+
     def _log(self, pending: _Pending) -> structlog.stdlib.BoundLogger:
         return self.log.bind(peer=f"{pending.peer[0]}:{pending.peer[1]}", mac=pending.login.mac)
 
@@ -278,13 +283,14 @@ class LoginServer:
         local = self.workers.port_loads()
         decided: list[Grant] = []
         refused: list[StreamRefusal] = []
+        observed = self._observed_ages()
 
         def choose(view: FarmView) -> tuple[str, int] | None:
             # Runs inside the store's transaction: pure work on what it read, nothing more.
             try:
                 grant = decide_login(
                     pending.login.mac,
-                    view,
+                    _with_ages(view, observed),
                     target=ipaddress.IPv4Address(pending.peer[0]),
                     dead_after=farm.dead_after,
                     affinity=Affinity(self.config.login.affinity),
@@ -422,7 +428,7 @@ class LoginServer:
         return place_resumed(
             claims.vdisk,
             claims.version,
-            view,
+            _with_ages(view, self._observed_ages()),
             target=ipaddress.IPv4Address(peer[0]),
             dead_after=farm.dead_after,
             affinity=Affinity(self.config.login.affinity),
@@ -515,6 +521,12 @@ class LoginServer:
             self.stats.unanswered += 1
         elif self.endpoint is not None:
             self.endpoint.send(data, peer)
+
+
+def _with_ages(view: FarmView, ages: dict[str, float | None]) -> FarmView:
+    """The view with observed heartbeat ages; a server this one has not seen alive counts as dead."""
+    servers = [dataclasses.replace(s, heartbeat_age=ages.get(s.name)) for s in view.servers]
+    return dataclasses.replace(view, servers=servers)
 
 
 def _least_loaded(loads: dict[int, int]) -> int:

@@ -6,9 +6,12 @@ import signal
 from pathlib import Path
 
 import pytest
+from support import needs
 from support.postgres import postgres_cluster
 from support.pvsd import pvsd, pvsd_env, serve, server_states, wait_for
+from support.tftp import fetch
 
+LIBFAKETIME = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1"
 HEARTBEAT = 0.5
 DEAD_AFTER = 3.0
 
@@ -148,3 +151,28 @@ def test_serve_on_an_address_this_host_lacks_says_so_and_leaves_no_record(tmp_pa
         assert "not an address of this host" in server.log_text()
         assert "another TFTP server" not in server.log_text()
     assert "pvs9" not in states(env)
+
+
+def test_a_dead_server_whose_clock_runs_ahead_is_seen_dead(tmp_path: Path) -> None:
+    """On SQLite each writer stamps its heartbeat with its own clock: a server two hours ahead
+    stayed "alive 0.0 s ago" after SIGKILL, in the bootstrap and for `server remove`."""
+    # libfaketime preloaded into pvs2 itself (the faketime command would fork, and SIGKILL
+    # would kill the wrapper, not the server).
+    needs.files((LIBFAKETIME, "faketime"))
+    env = farm_env(f"sqlite:///{tmp_path}/farm.db")
+    skewed = {**env, "LD_PRELOAD": LIBFAKETIME, "FAKETIME": "+2h", "FAKETIME_DONT_FAKE_MONOTONIC": "1"}
+    with (
+        serve(env, "pvs1", "127.0.0.11", tmp_path) as pvs1,
+        serve(skewed, "pvs2", "127.0.0.12", tmp_path) as pvs2,
+    ):
+        wait_for(lambda: states(env) == {"pvs1": "alive", "pvs2": "alive"}, timeout=30)
+        assert server_states(env)["pvs2"]["heartbeat_age"] is not None  # seen to move: alive
+        wait_for(lambda: b"127.0.0.12" in fetch(("127.0.0.11", 69), "pvs.bootstrap")[0], timeout=20)
+        pvs2.signal(signal.SIGKILL)
+        pvs2.wait()
+        wait_for(lambda: states(env)["pvs2"] == "dead", timeout=DEAD_AFTER + 10)
+        # pvs1's own view: the bootstrap it serves lists pvs2 no more
+        wait_for(lambda: b"127.0.0.12" not in fetch(("127.0.0.11", 69), "pvs.bootstrap")[0], timeout=20)
+        removed = pvsd(env, "server", "remove", "pvs2")
+        assert removed.returncode == 0, removed.stderr
+        assert pvs1.process.poll() is None

@@ -33,6 +33,7 @@ PURE = {
     "pvsd.boot.bootstrap",
     "pvsd.boot.ipxe",
     "pvsd.lograte",
+    "pvsd.farm.heartbeats",
 }
 # Plain data and its checks: what a pure module may use of pvsd besides other pure modules.
 DATA = {"pvsd.errors", "pvsd.names", "pvsd.units", "pvsd.config", "pvsd.farm.records"}
