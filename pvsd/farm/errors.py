@@ -8,6 +8,7 @@ __all__ = [
     "AlreadyExists",
     "Conflict",
     "FarmNotInitialised",
+    "FarmReplaced",
     "NotFound",
     "SchemaMismatch",
     "StoreError",
@@ -21,6 +22,10 @@ class StoreError(PvsdError):
 
 class StoreUnavailable(StoreError, Failure):
     """The database cannot be reached or is not answering."""
+
+
+class FarmReplaced(StoreError, Failure):
+    """The SQLite file this process opened was deleted or replaced under it."""
 
 
 class FarmNotInitialised(StoreError, Failure):

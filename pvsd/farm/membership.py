@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping
 import structlog
 
 from pvsd.errors import Failure
-from pvsd.farm.errors import Conflict, StoreUnavailable
+from pvsd.farm.errors import Conflict, FarmReplaced, StoreUnavailable
 from pvsd.farm.heartbeats import HeartbeatWatch
 from pvsd.farm.records import HeartbeatResult, Server, ServerState
 from pvsd.farm.store import FarmStore
@@ -165,6 +165,9 @@ class Membership:
             result = await asyncio.to_thread(self.store.heartbeat, self.name, self.instance)
         except StoreUnavailable as error:
             self._database_down(now, str(error))
+        except FarmReplaced as error:
+            self.log.error("farm database deleted or replaced; stopping", error=str(error))
+            raise MembershipLost(str(error)) from error
         else:
             self._database_up(now)
             await self.refresh(now)
@@ -183,7 +186,7 @@ class Membership:
     async def leave(self) -> None:
         try:
             owned = await asyncio.to_thread(self.store.stop_server, self.name, self.instance)
-        except StoreUnavailable as error:
+        except (StoreUnavailable, FarmReplaced) as error:
             self.log.warning(
                 "could not mark this server stopped; the farm will see it dead after dead_after",
                 error=str(error),

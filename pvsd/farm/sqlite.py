@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -9,7 +10,7 @@ from pathlib import Path
 
 from pvsd.errors import Misuse
 from pvsd.farm.backend import Connection, Cursor
-from pvsd.farm.errors import FarmNotInitialised, StoreUnavailable
+from pvsd.farm.errors import Conflict, FarmNotInitialised, FarmReplaced, StoreUnavailable
 
 __all__ = ["SqliteBackend"]
 
@@ -24,12 +25,53 @@ class SqliteBackend:
         # sqlite:///relative/path and sqlite:////absolute/path, as SQLAlchemy spells them.
         self.path = Path(url.removeprefix("sqlite:///"))
         self.display_url = url
+        # The file's (device, inode) at the first connection: a process must never go on with
+        # a deleted file while `farm init` makes a new one at its path (a split brain).
+        self._identity: tuple[int, int] | None = None
+
+    def _clear_orphaned_journal(self) -> None:
+        """The -wal and -shm of a deleted farm: removed if nobody uses them, else Conflict.
+
+        Servers may still run on the deleted file (they stop at their next heartbeat), and a new
+        farm at this path would share their journal. Every SQLite connection in WAL mode holds
+        a lock on the -shm file, so a lock nobody else holds proves nobody is connected."""
+        wal, shm = Path(f"{self.path}-wal"), Path(f"{self.path}-shm")
+        if shm.exists():
+            with shm.open("r+b") as held:
+                try:
+                    fcntl.lockf(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except OSError:
+                    raise Conflict(
+                        f"{shm} is in use but {self.path} does not exist: the farm database was "
+                        "deleted and servers are still running on it. They stop by themselves "
+                        "within a heartbeat; run farm init again then"
+                    ) from None
+                shm.unlink()
+        wal.unlink(missing_ok=True)
+
+    def _check_identity(self) -> None:
+        try:
+            info = self.path.stat()
+            now: tuple[int, int] | None = (info.st_dev, info.st_ino)
+        except FileNotFoundError:
+            now = None
+        if self._identity is None:
+            self._identity = now
+        elif now != self._identity:
+            what = "deleted" if now is None else "replaced by another file"
+            raise FarmReplaced(
+                f"the farm database {self.path} was {what} while this process used it: stopping, "
+                "so that nobody serves from a farm the others cannot see. Restore the file, or "
+                "run `pvsd farm init` and start the servers again"
+            )
 
     def connect(self, create: bool) -> Connection:
         if not create and not self.path.exists():
             raise FarmNotInitialised(
                 f"no farm database at {self.path}: run `pvsd farm init` first (or set [farm] database)"
             )
+        if create and not self.path.exists():
+            self._clear_orphaned_journal()
         try:
             if create:
                 # One new folder (var/ in a fresh checkout), never a whole missing tree: a
@@ -48,12 +90,14 @@ class SqliteBackend:
             connection.execute("PRAGMA foreign_keys = ON")
         except (sqlite3.Error, OSError) as error:
             raise StoreUnavailable(f"cannot open farm database {self.path}: {error}") from error
+        self._check_identity()
         return connection
 
     @contextmanager
     def transaction(self, connection: Connection, write: bool) -> Iterator[Cursor]:
         if not isinstance(connection, sqlite3.Connection):
             raise Misuse(f"a SQLite transaction on a {type(connection).__name__}")
+        self._check_identity()  # one stat: cheap next to a transaction
         cursor = connection.cursor()
         # IMMEDIATE takes the write lock up front, so two writers queue on busy_timeout
         # instead of one failing with "database is locked" when it upgrades its lock.

@@ -176,3 +176,23 @@ def test_a_dead_server_whose_clock_runs_ahead_is_seen_dead(tmp_path: Path) -> No
         removed = pvsd(env, "server", "remove", "pvs2")
         assert removed.returncode == 0, removed.stderr
         assert pvs1.process.poll() is None
+
+
+def test_a_deleted_farm_database_stops_its_servers_and_no_second_farm_is_made_under_them(
+    tmp_path: Path,
+) -> None:
+    """They went on, silently, on the deleted inode, while `farm init` made a second farm."""
+    database = tmp_path / "farm.db"
+    env = farm_env(f"sqlite:///{database}")
+    with serve(env, "pvs1", "127.0.0.11", tmp_path) as pvs1:
+        wait_for(lambda: states(env).get("pvs1") == "alive", timeout=20)
+        pvs1.signal(signal.SIGSTOP)  # so that it cannot notice before farm init runs
+        database.unlink()
+        refused = pvsd(env, "farm", "init")
+        assert refused.returncode == 2 and "servers are still running" in refused.stderr, refused.stderr
+        assert not database.exists()
+        pvs1.signal(signal.SIGCONT)
+        assert pvs1.wait() == 1
+        assert "farm database deleted or replaced; stopping" in pvs1.log_text()
+    again = pvsd(env, "farm", "init")
+    assert again.returncode == 0, again.stderr
