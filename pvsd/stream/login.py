@@ -425,6 +425,13 @@ class LoginServer:
         except (StoreError, TimeoutError) as error:
             log.info("placing a returning target without the farm store", error=str(error) or "timeout")
             return None
+        version = view.vdisk and next((v for v in view.vdisk.versions if v.number == claims.version), None)
+        if version is None:
+            # The store answered, and the farm no longer has what the ticket names: serving it on
+            # from a stray image would stream a disk nobody manages. The target stops, and says why.
+            raise StreamRefusal(
+                ErrorCode.VDISK_REMOVED, f"the farm no longer has vDisk {claims.vdisk} v{claims.version}"
+            )
         return place_resumed(
             claims.vdisk,
             claims.version,

@@ -85,6 +85,7 @@ class ErrorCode(enum.IntEnum):
     NO_SERVER = 13
     PRIVATE_IN_USE = 14
     DATABASE_UNAVAILABLE = 15
+    VDISK_REMOVED = 16  # a returning target's vDisk version is no longer in the farm
     TICKET_MALFORMED = 20
     TICKET_WRONG_FARM = 21
     TICKET_TAMPERED = 22

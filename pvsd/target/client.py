@@ -50,7 +50,13 @@ _CONTROL_IDS = 0xF000_0000  # request ids of logins and keepalives; the Flow cou
 _PADDED_LOGIN = 512  # the login server's MIN_FRESH_LOGIN
 _DATA_HEAD = struct.Struct("!HBBHIQQ")
 # Refusals every server of the farm would repeat: no point asking the next one.
-_FINAL = {ErrorCode.UNKNOWN_MAC, ErrorCode.DEVICE_DISABLED, ErrorCode.NO_VDISK, ErrorCode.TICKET_OTHER_DEVICE}
+_FINAL = {
+    ErrorCode.UNKNOWN_MAC,
+    ErrorCode.DEVICE_DISABLED,
+    ErrorCode.NO_VDISK,
+    ErrorCode.VDISK_REMOVED,
+    ErrorCode.TICKET_OTHER_DEVICE,
+}
 
 
 def payload_for_mtu(mtu: int) -> int:

@@ -447,3 +447,17 @@ def test_an_image_imported_while_servers_run_is_known_within_seconds(tmp_path: P
         farm.wait_verified("two", timeout=SCAN_INTERVAL_S / 2)  # before any full scan could come
         out = copy(farm, tmp_path / "two.out", mac="52:54:00:00:00:22")
         assert out["sha256"] == hashlib.sha256(second.read_bytes()).hexdigest()
+
+
+def test_a_ticket_for_a_removed_vdisk_is_refused_not_served_from_a_stray_image(tmp_path: Path) -> None:
+    """The other server used to resume it, saying "the farm store did not answer"."""
+    with stream_farm(tmp_path, size=1 << 20) as farm:
+        start_both(farm)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.settimeout(5)
+            _, reply = _login(sock, MAC)
+            assert isinstance(reply, LoginReply)
+            farm.run("device", "set", MAC, "--no-vdisk")
+            farm.run("vdisk", "remove", "disk")
+            _, refused = _ask(sock, encode(Login(MAC, 1400, reply.ticket), 8), ("127.0.0.12", 6910))
+            assert isinstance(refused, ErrorReply) and refused.code == ErrorCode.VDISK_REMOVED, refused
