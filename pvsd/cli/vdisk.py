@@ -52,7 +52,13 @@ def register(commands: Commands) -> None:
     with_json(vdisk.command("list", _list, "list vDisks"))
     replicas = with_json(vdisk.command("replicas", _replicas, "which server holds which version"))
     replicas.add_argument("name", nargs="?", help="only this vDisk")
-    vdisk.command("remove", _remove, "remove a vDisk no device uses").add_argument("name")
+    remove = vdisk.command("remove", _remove, "remove a vDisk no device is assigned and no target streams")
+    remove.add_argument("name")
+    remove.add_argument(
+        "--force",
+        action="store_true",
+        help="remove it even while targets stream it: their sessions end, and they stop with VDISK_REMOVED",
+    )
 
 
 def _create(args: argparse.Namespace, config: Config) -> int:
@@ -151,6 +157,7 @@ def _replicas(args: argparse.Namespace, config: Config) -> int:
 
 
 def _remove(args: argparse.Namespace, config: Config) -> int:
-    open_farm(config).remove_vdisk(args.name)
-    print(f"vDisk {args.name!r} removed")
+    active_within = config.stream.idle_timeout + 2 * config.farm.heartbeat_interval
+    ended = open_farm(config).remove_vdisk(args.name, active_within, force=args.force)
+    print(f"vDisk {args.name!r} removed" + (f"; {ended} session(s) ended" if ended else ""))
     return 0

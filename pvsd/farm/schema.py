@@ -110,6 +110,11 @@ MIGRATIONS: tuple[Migration, ...] = (
         "where a standard-mode vDisk's writes go: the server or the device",
         ("ALTER TABLE vdisks ADD COLUMN cache TEXT NOT NULL DEFAULT 'device'",),
     ),
+    Migration(
+        4,
+        "the vDisk a session streams (its ticket's), so that a streamed vDisk is not removed by mistake",
+        ("ALTER TABLE sessions ADD COLUMN vdisk TEXT",),
+    ),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version

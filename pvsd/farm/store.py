@@ -562,8 +562,12 @@ class FarmStore:
             for row in disks
         ]
 
-    def remove_vdisk(self, name: str) -> None:
-        def work(cursor: Cursor) -> None:
+    def remove_vdisk(self, name: str, active_within: float = 0.0, force: bool = False) -> int:
+        """Remove a vDisk no device is assigned. One that targets stream (sessions seen within
+        `active_within`) is refused, unless `force`: then their sessions end with it, and their
+        servers drop them at their next stamp. Returns how many sessions were ended."""
+
+        def work(cursor: Cursor) -> int:
             vdisk_id = self._id(cursor, "vdisks", "name", name, "vDisk")
             users = [
                 row[0]
@@ -571,10 +575,24 @@ class FarmStore:
             ]
             if users:
                 raise Conflict(f"vDisk {name!r} is assigned to {', '.join(sorted(users))}; unassign it first")
+            streaming = self._all(
+                cursor,
+                """SELECT d.name FROM sessions se JOIN devices d ON d.id = se.device_id
+                   WHERE se.vdisk = ? AND {now} - se.last_seen <= ?""",
+                (name, active_within),
+            )
+            if streaming and not force:
+                devices = ", ".join(sorted(str(row[0]) for row in streaming))
+                raise Conflict(
+                    f"vDisk {name!r} is streamed by {devices} now; stop those targets first, or remove "
+                    "it with --force, which ends their sessions (each target stops with VDISK_REMOVED)"
+                )
+            self._exec(cursor, "DELETE FROM sessions WHERE vdisk = ?", (name,))
             self._exec(cursor, "DELETE FROM vdisks WHERE id = ?", (vdisk_id,))
-            self._audit(cursor, "vdisk.remove", name)
+            self._audit(cursor, "vdisk.remove", name, ended_sessions=len(streaming))
+            return len(streaming)
 
-        self._run(True, work)
+        return self._run(True, work)
 
     def add_version(
         self, vdisk: str, state: VersionState = VersionState.MAINTENANCE, sha256: str | None = None
@@ -838,9 +856,9 @@ class FarmStore:
         self._exec(cursor, "DELETE FROM sessions WHERE device_id = ?", (device_id,))
         session_id, since = self._one(
             cursor,
-            "INSERT INTO sessions (device_id, server_id, io_port, since, last_seen) "
-            "VALUES (?, ?, ?, {now}, {now}) RETURNING id, since",
-            (device_id, server_id, io_port),
+            "INSERT INTO sessions (device_id, server_id, io_port, since, last_seen, vdisk) "
+            "VALUES (?, ?, ?, {now}, {now}, ?) RETURNING id, since",
+            (device_id, server_id, io_port, vdisk),
         )
         self._audit(cursor, "session.open", mac, server=server, io_port=io_port, session=int(session_id))
         return Session(int(session_id), mac, device_name, server, io_port, since, since, vdisk, 0.0)
@@ -945,7 +963,9 @@ class FarmStore:
         )
         return [Session(*row) for row in rows]
 
-    def resume_session(self, session_id: int, mac: str, server: str, io_port: int) -> Session:
+    def resume_session(
+        self, session_id: int, mac: str, server: str, io_port: int, vdisk: str | None = None
+    ) -> Session:
         """A target that logged in again with its ticket keeps its session id on its new server."""
         mac = parse_mac(mac)
 
@@ -961,8 +981,9 @@ class FarmStore:
                     return
                 self._exec(
                     cursor,
-                    "UPDATE sessions SET server_id = ?, io_port = ?, last_seen = {now} WHERE id = ?",
-                    (server_id, io_port, session_id),
+                    "UPDATE sessions SET server_id = ?, io_port = ?, vdisk = ?, last_seen = {now} "
+                    "WHERE id = ?",
+                    (server_id, io_port, vdisk, session_id),
                 )
             else:
                 self._exec(
@@ -970,32 +991,36 @@ class FarmStore:
                 )
                 self._exec(
                     cursor,
-                    "INSERT INTO sessions (id, device_id, server_id, io_port, since, last_seen) "
-                    "VALUES (?, ?, ?, ?, {now}, {now})",
-                    (session_id, device_id, server_id, io_port),
+                    "INSERT INTO sessions (id, device_id, server_id, io_port, since, last_seen, vdisk) "
+                    "VALUES (?, ?, ?, ?, {now}, {now}, ?)",
+                    (session_id, device_id, server_id, io_port, vdisk),
                 )
             self._audit(cursor, "session.move", mac, server=server, io_port=io_port, session=session_id)
 
         self._run(True, work)
         return next(s for s in self.list_sessions() if s.id == session_id)
 
-    def touch_sessions(self, session_ids: Sequence[int]) -> int:
-        """Stamp the sessions a server's workers still serve (not audited: keepalives are not changes)."""
+    def touch_sessions(self, session_ids: Sequence[int]) -> list[int]:
+        """Stamp the sessions a server's workers still serve (not audited: keepalives are not
+        changes). Returns those the farm no longer has: ended there (`vdisk remove --force`, a
+        removed device), so the server ends them too."""
         if not session_ids:
-            return 0
+            return []
         marks = ", ".join("?" for _ in session_ids)
-        return int(
-            self._run(
-                True,
-                lambda cursor: (
-                    self._exec(
-                        cursor,
-                        f"UPDATE sessions SET last_seen = {{now}} WHERE id IN ({marks})",
-                        tuple(session_ids),
-                    ).rowcount
-                ),
+
+        def work(cursor: Cursor) -> list[int]:
+            self._exec(
+                cursor, f"UPDATE sessions SET last_seen = {{now}} WHERE id IN ({marks})", tuple(session_ids)
             )
-        )
+            known = {
+                int(row[0])
+                for row in self._all(
+                    cursor, f"SELECT id FROM sessions WHERE id IN ({marks})", tuple(session_ids)
+                )
+            }
+            return sorted(set(session_ids) - known)
+
+        return self._run(True, work)
 
     def touch_session(self, session_id: int) -> bool:
         return bool(

@@ -111,6 +111,9 @@ class IoServer:
     def expire_idle(self) -> None:
         self._apply(self.core.expire(self._now()))
 
+    def end_sessions(self, session_ids: tuple[int, ...], why: str) -> None:
+        self._apply(self.core.end_sessions(session_ids, why))
+
     def _now(self) -> float:
         if self._loop is None:
             raise Misuse("IoServer.bind() first")

@@ -446,7 +446,9 @@ class LoginServer:
         self, claims: Claims, server: str, port: int, log: structlog.stdlib.BoundLogger
     ) -> None:
         try:
-            await asyncio.to_thread(self.store.resume_session, claims.session, claims.mac, server, port)
+            await asyncio.to_thread(
+                self.store.resume_session, claims.session, claims.mac, server, port, claims.vdisk
+            )
         except StoreError as error:
             log.warning(
                 "session moved here but not recorded in the farm store",

@@ -124,8 +124,15 @@ class StreamService:
         """Keep `last seen` of the sessions this server serves current in the farm store."""
         while True:
             await asyncio.sleep(self.config.farm.heartbeat_interval)
-            with contextlib.suppress(StoreError):
-                await asyncio.to_thread(self.store.touch_sessions, self.workers.session_ids())
+            try:
+                ended = await asyncio.to_thread(self.store.touch_sessions, self.workers.session_ids())
+            except StoreError:
+                continue
+            if ended:
+                # Ended in the farm (a vDisk removed with --force, a device removed): their
+                # targets' next request is refused, and they log in again or stop, saying why.
+                self.log.warning("sessions ended by the farm; dropping them here", sessions=ended)
+                self.workers.end_sessions(ended, "ended by the farm")
 
     async def close(self) -> None:
         if self._stamper is not None:

@@ -403,6 +403,10 @@ class StreamServer:
             action for sid in idle for action in self._end(sid, f"idle for {self.limits.idle_timeout:g} s")
         ]
 
+    def end_sessions(self, session_ids: tuple[int, ...], why: str) -> list[Action]:
+        """End these sessions (the farm ended them): their next request is an unknown session."""
+        return [action for sid in session_ids for action in self._end(sid, why)]
+
     def close_all(self, why: str) -> list[Action]:
         self._opening.clear()
         return [action for sid in list(self._sessions) for action in self._end(sid, why)]

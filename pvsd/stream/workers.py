@@ -36,6 +36,14 @@ class StreamReport:
 
 
 @dataclass(frozen=True)
+class EndSessions:
+    """Main process to worker: the farm ended these sessions."""
+
+    sessions: tuple[int, ...]
+    why: str
+
+
+@dataclass(frozen=True)
 class SessionClosed:
     """Worker -> main: a session ended (logout, idle, attached again, server stopping)."""
 
@@ -125,6 +133,12 @@ class StreamWorkers:
             exit_code=exit_code,
         )
 
+    def end_sessions(self, session_ids: list[int], why: str) -> None:
+        for port, sessions in self.sessions.items():
+            mine = tuple(sid for sid in session_ids if sid in sessions)
+            if mine:
+                self._pool.send(port, EndSessions(mine, why))
+
     async def close(self) -> None:
         await self._pool.close()
 
@@ -162,7 +176,11 @@ async def _serve(
         server.expire_idle()
         return StreamReport(tuple(server.session_ids), dataclasses.replace(server.stats))
 
+    def handle(message: object) -> None:
+        if isinstance(message, EndSessions):
+            server.end_sessions(message.sessions, message.why)
+
     try:
-        await serve_main_process(connection, STATS_INTERVAL_S, report)
+        await serve_main_process(connection, STATS_INTERVAL_S, report, handle)
     finally:
         await server.close()

@@ -458,6 +458,45 @@ def test_a_ticket_for_a_removed_vdisk_is_refused_not_served_from_a_stray_image(t
             _, reply = _login(sock, MAC)
             assert isinstance(reply, LoginReply)
             farm.run("device", "set", MAC, "--no-vdisk")
-            farm.run("vdisk", "remove", "disk")
+            refused_remove = pvsd(farm.env, "vdisk", "remove", "disk")
+            assert refused_remove.returncode == 2 and "streamed by t0" in refused_remove.stderr
+            assert "1 session(s) ended" in farm.run("vdisk", "remove", "disk", "--force")
             _, refused = _ask(sock, encode(Login(MAC, 1400, reply.ticket), 8), ("127.0.0.12", 6910))
             assert isinstance(refused, ErrorReply) and refused.code == ErrorCode.VDISK_REMOVED, refused
+
+
+def test_a_vdisk_streamed_now_is_removed_only_with_force_and_its_target_stops_saying_why(
+    tmp_path: Path,
+) -> None:
+    """`device set --no-vdisk` plus `vdisk remove` succeeded without a word while the device
+    streamed; the serving server went silent and the other one streamed a vDisk the farm lost."""
+    with stream_farm(tmp_path, size=8 << 20) as farm:
+        start_both(farm)
+        argv = ["target", "copy", "--mac", MAC, "--servers", farm.servers_arg(), "--out", "/dev/null"]
+        copying = subprocess.Popen(
+            [sys.executable, "-m", "pvsd", *argv, "--rate", "1M"],
+            env=farm.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            wait_for(lambda: len(farm.sessions()) == 1, timeout=20)
+            farm.run("device", "set", MAC, "--no-vdisk")
+            refused = pvsd(farm.env, "vdisk", "remove", "disk")
+            assert refused.returncode == 2 and "streamed by t0" in refused.stderr, refused.stderr
+            assert "1 session(s) ended" in farm.run("vdisk", "remove", "disk", "--force")
+            _, err = copying.communicate(timeout=60)
+        finally:
+            if copying.poll() is None:
+                copying.kill()
+                copying.wait()
+        assert copying.returncode != 0
+        assert "VDISK_REMOVED" in err, err[-3000:]
+        ended = [
+            e
+            for p in farm.processes.values()
+            for e in p.log_events()
+            if e["event"].startswith("sessions ended")
+        ]
+        assert ended, "the serving server did not drop the session"
