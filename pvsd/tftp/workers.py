@@ -100,7 +100,10 @@ class TftpWorkers:
     def _send(self, message: object) -> None:
         for index in self._pool.keys:
             if not self._pool.send(index, message):
-                self.log.error("TFTP worker is gone; its clients go to the other processes", worker=index)
+                # Not a death: that is the worker's exit, which the pool reports on its own.
+                self.log.warning(
+                    "TFTP worker missed a published file", worker=index, message=type(message).__name__
+                )
 
     def _on_message(self, index: int, message: object) -> None:
         if isinstance(message, TftpReport):
