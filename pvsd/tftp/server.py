@@ -4,6 +4,11 @@ service port itself in single-port mode), all in one event loop.
 Glue only: packets go through codec.decode, transfers through session.ReadSession, files
 through sources.SourceRegistry. Write requests are refused with error 2. Over
 max_transfers, requests get error 3. Nothing a client sends can raise out of here.
+
+Nothing a client sends can grow what the server keeps or says either: refusals are counted
+by a closed set of reasons (codec.Refusal), file names in logs are cut short (shown_name),
+an ERROR reply carries only the fixed reason and is never larger than the request, and a
+datagram that does not decode is dropped unanswered (counted as malformed).
 """
 
 from __future__ import annotations
@@ -24,15 +29,15 @@ from pvsd.net.reader import DecodeError
 from pvsd.net.udp import Address, UdpEndpoint, path_mtu
 from pvsd.tftp.codec import (
     MAX_BLKSIZE,
-    Error,
-    ErrorCode,
     Opcode,
     Packet,
     ReadRequest,
+    Refusal,
     TftpError,
     WriteRequest,
+    bounded_error,
     decode,
-    encode,
+    shown_name,
 )
 from pvsd.tftp.session import Limits, Outcome, ReadSession, Summary, check_request
 from pvsd.tftp.sources import FileCache, Source, SourceRegistry
@@ -45,18 +50,24 @@ SPIN_ROUNDS = 256
 
 @dataclass
 class TftpStats:
-    """Counters for the metrics endpoint. Monotonic except `active`."""
+    """Counters for the metrics endpoint. Monotonic except `active`.
+
+    `refusals` is keyed by a Refusal's text and `dropped` by a Drop's, closed sets: their size,
+    and that of the report a worker sends the main process, is bounded whatever clients send.
+    """
 
     requests: int = 0
-    malformed: int = 0
-    refused: int = 0
-    busy: int = 0
+    malformed: int = 0  # datagrams that do not decode: dropped unanswered
+    refused: int = 0  # requests answered with an ERROR; `refusals` says why
+    busy: int = 0  # of those, refused for want of a slot (server or client busy)
     completed: int = 0
     failed: int = 0
+    unacknowledged: int = 0  # of the failed, those whose first block was never acknowledged
     bytes_sent: int = 0
     retransmits: int = 0
     active: int = 0
     refusals: dict[str, int] = field(default_factory=dict)
+    dropped: dict[str, int] = field(default_factory=dict)  # well-formed but unanswered, by Drop
 
 
 class Transfer:
@@ -172,15 +183,13 @@ class TftpServer:
         try:
             packet = decode(data)
         except DecodeError as error:
+            # Unanswered, requests too: no real client sends these, and an answer to a datagram
+            # with a forged source would reflect (and, with the reason in it, amplify) it.
             self.stats.malformed += 1
-            log.debug("malformed TFTP packet dropped", reason=str(error), length=len(data))
-            if _is_request(data):
-                self._reply_error(peer, ErrorCode.ILLEGAL_OPERATION, f"malformed request: {error}")
+            log.debug("malformed TFTP packet dropped", reason=str(error)[:200], length=len(data))
             return
         if isinstance(packet, WriteRequest):
-            self._refuse(
-                peer, log, packet.filename, ErrorCode.ACCESS_VIOLATION, "write requests are not allowed"
-            )
+            self._refuse(peer, log, packet.filename, Refusal.WRITE, len(data))
             return
         if not isinstance(packet, ReadRequest):
             # A stray ACK or DATA for a transfer that is over, or a scan: no answer.
@@ -195,32 +204,53 @@ class TftpServer:
                 self._end(old, log_it=False)
         if len(self._transfers) + self._opening >= self.config.max_transfers:
             self.stats.busy += 1
+            self._count_refusal(Refusal.BUSY)
             log.warning(
-                "TFTP request refused: server busy", file=packet.filename, limit=self.config.max_transfers
+                "TFTP request refused: server busy",
+                file=shown_name(packet.filename),
+                limit=self.config.max_transfers,
             )
-            self._reply_error(peer, ErrorCode.DISK_FULL, "server busy: too many transfers, try again")
+            self._reply_error(peer, Refusal.BUSY, len(data))
             return
         self._opening += 1
-        task = asyncio.get_running_loop().create_task(self._start_transfer(packet, peer, log))
+        task = asyncio.get_running_loop().create_task(self._start_transfer(packet, len(data), peer, log))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def _reply_error(self, peer: Address, code: int, message: str) -> None:
-        if self._endpoint is not None:
-            self._endpoint.send(encode(Error(code, message)), peer)
+    def _reply_error(self, peer: Address, refusal: Refusal, request_size: int) -> None:
+        """The refusal's fixed text, cut so that the reply is no larger than the request."""
+        reply = bounded_error(refusal.code, refusal.value, request_size)
+        if reply is not None and self._endpoint is not None:
+            self._endpoint.send(reply, peer)
+
+    def _count_refusal(self, refusal: Refusal) -> None:
+        self.stats.refused += 1
+        self.stats.refusals[refusal.value] = self.stats.refusals.get(refusal.value, 0) + 1
 
     def _refuse(
-        self, peer: Address, log: structlog.stdlib.BoundLogger, name: str, code: int, reason: str
+        self,
+        peer: Address,
+        log: structlog.stdlib.BoundLogger,
+        name: str,
+        refusal: Refusal,
+        request_size: int,
+        detail: str = "",
     ) -> None:
-        self.stats.refused += 1
-        self.stats.refusals[reason] = self.stats.refusals.get(reason, 0) + 1
-        log.info("TFTP request refused", file=name, reason=reason, error_code=int(code))
-        self._reply_error(peer, code, reason)
+        self._count_refusal(refusal)
+        fields = {"detail": detail} if detail else {}
+        log.info(
+            "TFTP request refused",
+            file=shown_name(name),
+            reason=refusal.value,
+            error_code=int(refusal.code),
+            **fields,
+        )
+        self._reply_error(peer, refusal, request_size)
 
     async def _start_transfer(
-        self, request: ReadRequest, peer: Address, log: structlog.stdlib.BoundLogger
+        self, request: ReadRequest, request_size: int, peer: Address, log: structlog.stdlib.BoundLogger
     ) -> None:
-        log = log.bind(file=request.filename)
+        log = log.bind(file=shown_name(request.filename))
         source: Source | None = None
         try:
             check_request(request)
@@ -230,10 +260,11 @@ class TftpServer:
             if source is not None:
                 source.close()
             if isinstance(error, TftpError):
-                self._refuse(peer, log, request.filename, error.code, error.message)
+                self._refuse(peer, log, request.filename, error.refusal, request_size, error.detail)
             else:
-                log.error("TFTP transfer could not start", error=str(error))
-                self._reply_error(peer, ErrorCode.NOT_DEFINED, "server error")
+                log.error("TFTP transfer could not start", error=error.strerror or str(error))
+                self._count_refusal(Refusal.SERVER_ERROR)
+                self._reply_error(peer, Refusal.SERVER_ERROR, request_size)
             return
         finally:
             self._opening -= 1

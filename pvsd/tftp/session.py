@@ -28,6 +28,7 @@ from pvsd.tftp.codec import (
     Options,
     Packet,
     ReadRequest,
+    Refusal,
     TftpError,
     data_header,
     encode,
@@ -85,7 +86,7 @@ class Summary:
 def check_request(request: ReadRequest) -> None:
     """Refuse what no file source can serve, whatever the file: a bad mode."""
     if request.mode not in MODES:
-        raise TftpError(ErrorCode.ILLEGAL_OPERATION, f"transfer mode {request.mode!r} is not supported")
+        raise TftpError(Refusal.MODE)
 
 
 def _int_option(value: str, low: int, high: int) -> int | None:
