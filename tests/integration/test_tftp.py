@@ -420,6 +420,10 @@ def test_a_client_that_stops_acking_is_abandoned(tmp_path: Path, root: Path) -> 
         reply, source = sock.recvfrom(65536)
         assert isinstance(decode(reply), OptionAck)
         sock.sendto(encode(Ack(0)), source)
+        # The first block acknowledged too: from here abandon_after applies, not first_block_timeout.
+        reply, source = sock.recvfrom(65536)
+        assert decode(reply) == Data(1, decode(reply).data)  # type: ignore[union-attr]
+        sock.sendto(encode(Ack(1)), source)
         wait_for(lambda: any(e.get("outcome") == "abandoned" for e in process.log_events()), timeout=10)
         resends = 0
         with_error = False
