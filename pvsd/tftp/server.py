@@ -9,12 +9,20 @@ Nothing a client sends can grow what the server keeps or says either: refusals a
 by a closed set of reasons (codec.Refusal), file names in logs are cut short (shown_name),
 an ERROR reply carries only the fixed reason and is never larger than the request, and a
 datagram that does not decode is dropped unanswered (counted as malformed).
+
+Nothing but a read or write request is answered at the service port: an ERROR, a DATA or an
+OACK (packets a server sends) and a stray ACK are dropped and counted by `Drop`, so that a
+forged packet cannot start a ping-pong with another server. One client address holds at
+most max_per_client transfers, and reserved_transfers slots beyond max_transfers are kept for
+the generated boot files (pvs.bootstrap, pvs.ipxe, device scripts): a flood cannot lock
+targets out, and its transfers, never acknowledged, end after first_block_timeout.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import enum
 import os
 import time
 from dataclasses import dataclass, field
@@ -29,6 +37,8 @@ from pvsd.net.reader import DecodeError
 from pvsd.net.udp import Address, UdpEndpoint, path_mtu
 from pvsd.tftp.codec import (
     MAX_BLKSIZE,
+    Ack,
+    Error,
     Opcode,
     Packet,
     ReadRequest,
@@ -42,10 +52,18 @@ from pvsd.tftp.codec import (
 from pvsd.tftp.session import Limits, Outcome, ReadSession, Summary, check_request
 from pvsd.tftp.sources import FileCache, Source, SourceRegistry
 
-__all__ = ["TftpServer", "TftpStats"]
+__all__ = ["Drop", "TftpServer", "TftpStats"]
 
 IP_UDP_TFTP_HEADERS = 20 + 8 + 4
 SPIN_ROUNDS = 256
+
+
+class Drop(enum.StrEnum):
+    """Well-formed packets the service port drops unanswered: the keys of TftpStats.dropped."""
+
+    ERROR = "ERROR at the service port"  # answering one is how a ping-pong starts
+    SERVER_PACKET = "DATA or OACK at the service port"  # only a server sends these
+    STRAY_ACK = "ACK of no transfer"  # late, after its transfer ended, or a guess
 
 
 @dataclass
@@ -108,12 +126,16 @@ class TftpServer:
         self.log = log.bind(component="tftp")
         self.stats = TftpStats()
         self.limits = Limits(
-            max_windowsize=config.max_windowsize, timeout=config.timeout, abandon_after=config.abandon_after
+            max_windowsize=config.max_windowsize,
+            timeout=config.timeout,
+            abandon_after=config.abandon_after,
+            first_block_timeout=config.first_block_timeout,
         )
         self._endpoint: UdpEndpoint | None = None
         self._by_peer: dict[Address, Transfer] = {}  # single-port mode: transfers by client address
         self._transfers: set[Transfer] = set()
         self._opening = 0
+        self._per_client: dict[str, int] = {}  # transfers starting or running, by client IP address
         self._tasks: set[asyncio.Task[None]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._spin_budget = config.busy_poll_us / 1e6
@@ -192,8 +214,7 @@ class TftpServer:
             self._refuse(peer, log, packet.filename, Refusal.WRITE, len(data))
             return
         if not isinstance(packet, ReadRequest):
-            # A stray ACK or DATA for a transfer that is over, or a scan: no answer.
-            log.debug("unexpected TFTP packet on the service port", packet=type(packet).__name__)
+            self._drop(packet, log)
             return
         self.stats.requests += 1
         if self.config.single_port:
@@ -202,20 +223,45 @@ class TftpServer:
                 if old.session.request == packet:
                     return  # the client resent its request before our first answer reached it
                 self._end(old, log_it=False)
-        if len(self._transfers) + self._opening >= self.config.max_transfers:
+        client = peer[0]
+        if self._per_client.get(client, 0) >= self.config.max_per_client:
+            self.stats.busy += 1
+            self._refuse(peer, log, packet.filename, Refusal.CLIENT_BUSY, len(data))
+            return
+        # The generated boot files may use the reserve: what every target needs first is never
+        # locked out by transfers of anything else.
+        limit = self.config.max_transfers
+        if self.registry.is_generated(packet.filename):
+            limit += self.config.reserved_transfers
+        if len(self._transfers) + self._opening >= limit:
             self.stats.busy += 1
             self._count_refusal(Refusal.BUSY)
-            log.warning(
-                "TFTP request refused: server busy",
-                file=shown_name(packet.filename),
-                limit=self.config.max_transfers,
-            )
+            log.warning("TFTP request refused: server busy", file=shown_name(packet.filename), limit=limit)
             self._reply_error(peer, Refusal.BUSY, len(data))
             return
         self._opening += 1
+        self._per_client[client] = self._per_client.get(client, 0) + 1
         task = asyncio.get_running_loop().create_task(self._start_transfer(packet, len(data), peer, log))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    def _drop(self, packet: Packet, log: structlog.stdlib.BoundLogger) -> None:
+        """A packet for no transfer at the service port: counted, never answered."""
+        if isinstance(packet, Error):
+            reason = Drop.ERROR
+        elif isinstance(packet, Ack):
+            reason = Drop.STRAY_ACK
+        else:
+            reason = Drop.SERVER_PACKET
+        self.stats.dropped[reason.value] = self.stats.dropped.get(reason.value, 0) + 1
+        log.debug("TFTP packet dropped", reason=reason.value, packet=type(packet).__name__)
+
+    def _release(self, client: str) -> None:
+        left = self._per_client.get(client, 0) - 1
+        if left > 0:
+            self._per_client[client] = left
+        else:
+            self._per_client.pop(client, None)  # so the map holds only clients with transfers
 
     def _reply_error(self, peer: Address, refusal: Refusal, request_size: int) -> None:
         """The refusal's fixed text, cut so that the reply is no larger than the request."""
@@ -257,6 +303,7 @@ class TftpServer:
             source = await self.registry.open(request.filename, netascii=request.mode == "netascii")
             endpoint, own = self._transfer_endpoint(peer)
         except (TftpError, OSError) as error:
+            self._release(peer[0])
             if source is not None:
                 source.close()
             if isinstance(error, TftpError):
@@ -420,6 +467,7 @@ class TftpServer:
         if transfer.own_endpoint:
             transfer.endpoint.close()
         transfer.source.close()
+        self._release(transfer.peer[0])
         self.stats.active = len(self._transfers)
         summary = transfer.session.summary()
         self.stats.bytes_sent += summary.bytes_sent
@@ -428,6 +476,8 @@ class TftpServer:
             self.stats.completed += 1
         else:
             self.stats.failed += 1
+            if summary.outcome is Outcome.UNACKNOWLEDGED:
+                self.stats.unacknowledged += 1
         if log_it:
             _log_summary(transfer.log, summary)
 
@@ -450,6 +500,9 @@ def _log_summary(log: structlog.stdlib.BoundLogger, summary: Summary) -> None:
         log.info("TFTP transfer complete", **fields)
     elif summary.outcome is Outcome.CLIENT_ERROR:
         log.info("TFTP transfer ended by the client", **fields)
+    elif summary.outcome is Outcome.UNACKNOWLEDGED:
+        # Info, not a warning: a client that asked twice leaves one of its two transfers so.
+        log.info("TFTP transfer not acknowledged", **fields)
     else:
         log.warning("TFTP transfer failed", **fields)
 

@@ -64,8 +64,18 @@ def worker_count(configured: int) -> int:
 
 
 def share_of(config: TftpConfig, processes: int) -> TftpConfig:
-    """Each process gets its share of max_transfers (rounded up)."""
-    return dataclasses.replace(config, max_transfers=-(-config.max_transfers // processes))
+    """Each process gets its share (rounded up) of max_transfers, of the reserve for generated
+    files and of max_per_client: the kernel spreads one client's ports over the processes too."""
+
+    def share(total: int) -> int:
+        return -(-total // processes)
+
+    return dataclasses.replace(
+        config,
+        max_transfers=share(config.max_transfers),
+        max_per_client=share(config.max_per_client),
+        reserved_transfers=share(config.reserved_transfers),
+    )
 
 
 class TftpWorkers:

@@ -168,11 +168,14 @@ def test_curl(server: tuple[ServeProcess, Address], root: Path, name: str, blksi
 def test_200_clients_at_once(server: tuple[ServeProcess, Address], root: Path) -> None:
     expected = file_sha(root / "four-mib")
     url = f"tftp://{HOST}:{server[1][1]}/four-mib"
+    # One address each, as 200 targets have: one address gets at most [tftp] max_per_client transfers.
     processes = [
         subprocess.Popen(
-            ["curl", "-sS", "--tftp-blksize", "1468", url], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+            ["curl", "-sS", "--interface", f"127.0.1.{index + 1}", "--tftp-blksize", "1468", url],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
         )
-        for _ in range(200)
+        for index in range(200)
     ]
     try:
         with ThreadPoolExecutor(max_workers=200) as pool:
@@ -588,3 +591,34 @@ def test_one_oversized_request_is_no_worker_s_death(tmp_path: Path, root: Path) 
         assert 1 in served  # the worker did refuse one
         assert not [e for e in process.log_events() if "worker died" in e["event"]]
         assert_alive((process, address))
+
+
+def test_a_flood_of_unacknowledged_requests_cannot_lock_out_the_bootstrap(tmp_path: Path, root: Path) -> None:
+    """The hostile tryout: 600 tiny RRQs never acknowledged took every transfer slot, and for about
+    35 s everyone, pvs.bootstrap included, got "server busy"."""
+    with tftp_server(tmp_path, root) as (process, address), ExitStack() as stack:
+        sent = [0]
+
+        def flood(source: str, count: int) -> None:
+            for _ in range(count):
+                sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
+                sock.bind((source, 0))
+                sock.sendto(encode(ReadRequest("exact512", "octet")), address)
+                sent[0] += 1
+                if sent[0] % 100 == 0:
+                    time.sleep(0.02)  # a flood, not a test of the service socket's buffer
+
+        flood("127.0.0.2", 600)  # many ports of one address
+        for host in range(150):  # and 600 more from 150 addresses: more than max_transfers in all
+            flood(f"127.0.2.{host + 1}", 4)
+        out = tmp_path / "pvs.bootstrap"
+        tftpy.TftpClient(HOST, address[1]).download("pvs.bootstrap", str(out), timeout=1)
+        assert b"pvsd-bootstrap" in out.read_bytes()
+        for _ in range(4):  # an ordinary file is busy for now (each of these lands on some process)
+            reply, _ = exchange(address, encode(ReadRequest("exact1468", "octet")))
+            assert isinstance(reply, Error) and reply.code == ErrorCode.DISK_FULL
+        # first_block_timeout frees the slots: ordinary files are served again within seconds
+        wait_for(lambda: _fetches(address), timeout=10, interval=0.5)
+    events = process.log_events()
+    assert any(e["event"] == "TFTP transfer not acknowledged" for e in events)
+    assert any(e.get("reason") == "too many transfers from this client" for e in events)
