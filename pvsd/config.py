@@ -194,6 +194,10 @@ def _recovery(value: str) -> str | None:
     return None if value in ("restore", "reboot") else f"{value!r} is not restore or reboot"
 
 
+def _zero_or_more(value: int) -> str | None:
+    return None if value >= 0 else f"{value} must be 0 (none) or more"
+
+
 @dataclass(frozen=True)
 class TftpConfig:
     enabled: bool = _key(True, "serve boot files over TFTP")
@@ -208,6 +212,18 @@ class TftpConfig:
     max_transfers: int = _key(
         500, "transfers at once; more requests get TFTP error 3 (server busy)", _positive
     )
+    max_per_client: int = _key(
+        8,
+        "transfers at once from one client address; more get TFTP error 3, so one address cannot "
+        "take every slot (raise it when many targets share an address, behind NAT)",
+        _positive_int,
+    )
+    reserved_transfers: int = _key(
+        16,
+        "extra transfers beyond max_transfers for the generated boot files only (pvs.bootstrap, "
+        "pvs.ipxe, device scripts), so that a flood of other requests cannot lock targets out; 0: none",
+        _zero_or_more,
+    )
     single_port: bool = _key(False, "answer every transfer from the TFTP port itself (for NAT and docker)")
     max_blksize: int = _key(0, "largest block size granted; 0 means the path MTU allows", _blksize_or_auto)
     max_windowsize: int = _key(64, "largest RFC 7440 window granted (1-64)", _windowsize)
@@ -216,6 +232,12 @@ class TftpConfig:
     )
     abandon_after: float = _key(
         30.0, "seconds without an acknowledgement before a transfer is given up", _positive
+    )
+    first_block_timeout: float = _key(
+        3.0,
+        "seconds a transfer waits for its first block to be acknowledged before it ends, silently "
+        "(PXE clients answer within milliseconds and ask again if the answer was lost)",
+        _positive,
     )
     cache_mb: int = _key(
         256, "memory for files shared by concurrent transfers (files up to a quarter of it)", _positive

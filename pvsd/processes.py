@@ -3,7 +3,8 @@ side, and the typed messages between them; and the event loop every process runs
 
 The main process spawns the workers, waits until each says `Ready` (or `StartFailed`), then
 hears their messages on its own event loop. A worker exits on `Stop`, on SIGTERM, or when its
-pipe closes: a killed pvsd never leaves workers serving behind it.
+pipe closes: a killed pvsd never leaves workers serving behind it. A worker is dead when its
+process has exited, and only then: a message that cannot be read or sent is no death.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import multiprocessing
+import os
 import signal
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
@@ -33,6 +35,7 @@ __all__ = [
     "run",
     "run_worker",
     "serve_main_process",
+    "watch_connection",
 ]
 
 T = TypeVar("T")
@@ -71,7 +74,7 @@ class WorkerPool:
     """The worker processes of one service, seen from the main process.
 
     `on_message(key, message)` hears every message a worker sends after `Ready`;
-    `on_death(key, exit_code)` hears a worker whose pipe closed while the pool was running.
+    `on_death(key, exit_code)` hears a worker whose process exited while the pool was running.
     """
 
     def __init__(
@@ -118,18 +121,36 @@ class WorkerPool:
                 await self.close()
                 reason = message.reason if isinstance(message, StartFailed) else f"said {message!r}"
                 raise Failure(f"{spec.name} could not start: {reason}")
-            loop.add_reader(connection.fileno(), self._readable, spec.key, connection)
+            watch_connection(loop, connection, self._readable, spec.key, connection)
+            # The process's sentinel becomes readable when it exits: that, not the pipe, is death.
+            loop.add_reader(self._workers[spec.key][0].sentinel, self._exited, spec.key)
 
     def _readable(self, key: int, connection: Connection) -> None:
         try:
             message = connection.recv()
-        except (EOFError, OSError):
+        except EOFError:
+            # The worker is exiting (or closed its end): its sentinel reports the exit.
             asyncio.get_running_loop().remove_reader(connection.fileno())
-            process = self._workers[key][0]
-            process.join(0.1)
-            self.on_death(key, process.exitcode)
+            return
+        except OSError as error:
+            asyncio.get_running_loop().remove_reader(connection.fileno())
+            self.log.warning(
+                "lost the pipe to a worker; it keeps serving, unheard",
+                service=self.service,
+                worker=key,
+                error=str(error),
+            )
             return
         self.on_message(key, message)
+
+    def _exited(self, key: int) -> None:
+        loop = asyncio.get_running_loop()
+        process, connection = self._workers[key]
+        loop.remove_reader(process.sentinel)
+        with contextlib.suppress(OSError, ValueError):
+            loop.remove_reader(connection.fileno())
+        process.join(0.1)
+        self.on_death(key, process.exitcode)
 
     def send(self, key: int, message: object) -> bool:
         """False when the worker is gone (its pipe is closed)."""
@@ -141,7 +162,9 @@ class WorkerPool:
 
     async def close(self) -> None:
         loop = asyncio.get_running_loop()
-        for _, connection in self._workers.values():
+        for process, connection in self._workers.values():
+            with contextlib.suppress(OSError, ValueError):
+                loop.remove_reader(process.sentinel)
             with contextlib.suppress(OSError, ValueError):
                 loop.remove_reader(connection.fileno())
             with contextlib.suppress(OSError):
@@ -153,6 +176,22 @@ class WorkerPool:
                 await asyncio.to_thread(process.join, 2.0)
             connection.close()
         self._workers = {}
+
+
+def watch_connection(
+    loop: asyncio.AbstractEventLoop, connection: Connection, callback: Callable[..., None], *args: Any
+) -> None:
+    """`callback(*args)` whenever `connection` has a message, with the descriptor kept blocking.
+
+    uvloop (libuv's uv_poll_init) switches a watched descriptor to non-blocking mode, but a
+    multiprocessing Connection is written for blocking ones: a message larger than the socket
+    buffer then stopped half-way on send (BlockingIOError, the rest never sent) and failed
+    half-way on receive, which the pool took for the worker's death. Readiness comes from the
+    loop; the reads and writes themselves block, as the Connection expects, for the moment a
+    message takes to pass.
+    """
+    loop.add_reader(connection.fileno(), callback, *args)
+    os.set_blocking(connection.fileno(), True)
 
 
 # -- the worker side -------------------------------------------------------------------------------
@@ -200,7 +239,7 @@ async def serve_main_process(
         elif handle is not None:
             handle(message)
 
-    loop.add_reader(connection.fileno(), on_message)
+    watch_connection(loop, connection, on_message)
     connection.send(Ready())
     try:
         while not stopping.is_set():

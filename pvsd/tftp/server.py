@@ -4,12 +4,25 @@ service port itself in single-port mode), all in one event loop.
 Glue only: packets go through codec.decode, transfers through session.ReadSession, files
 through sources.SourceRegistry. Write requests are refused with error 2. Over
 max_transfers, requests get error 3. Nothing a client sends can raise out of here.
+
+Nothing a client sends can grow what the server keeps or says either: refusals are counted
+by a closed set of reasons (codec.Refusal), file names in logs are cut short (shown_name),
+an ERROR reply carries only the fixed reason and is never larger than the request, and a
+datagram that does not decode is dropped unanswered (counted as malformed).
+
+Nothing but a read or write request is answered at the service port: an ERROR, a DATA or an
+OACK (packets a server sends) and a stray ACK are dropped and counted by `Drop`, so that a
+forged packet cannot start a ping-pong with another server. One client address holds at
+most max_per_client transfers, and reserved_transfers slots beyond max_transfers are kept for
+the generated boot files (pvs.bootstrap, pvs.ipxe, device scripts): a flood cannot lock
+targets out, and its transfers, never acknowledged, end after first_block_timeout.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import enum
 import os
 import time
 from dataclasses import dataclass, field
@@ -24,39 +37,55 @@ from pvsd.net.reader import DecodeError
 from pvsd.net.udp import Address, UdpEndpoint, path_mtu
 from pvsd.tftp.codec import (
     MAX_BLKSIZE,
+    Ack,
     Error,
-    ErrorCode,
     Opcode,
     Packet,
     ReadRequest,
+    Refusal,
     TftpError,
     WriteRequest,
+    bounded_error,
     decode,
-    encode,
+    shown_name,
 )
 from pvsd.tftp.session import Limits, Outcome, ReadSession, Summary, check_request
 from pvsd.tftp.sources import FileCache, Source, SourceRegistry
 
-__all__ = ["TftpServer", "TftpStats"]
+__all__ = ["Drop", "TftpServer", "TftpStats"]
 
 IP_UDP_TFTP_HEADERS = 20 + 8 + 4
 SPIN_ROUNDS = 256
 
 
+class Drop(enum.StrEnum):
+    """Well-formed packets the service port drops unanswered: the keys of TftpStats.dropped."""
+
+    ERROR = "ERROR at the service port"  # answering one is how a ping-pong starts
+    SERVER_PACKET = "DATA or OACK at the service port"  # only a server sends these
+    STRAY_ACK = "ACK of no transfer"  # late, after its transfer ended, or a guess
+
+
 @dataclass
 class TftpStats:
-    """Counters for the metrics endpoint. Monotonic except `active`."""
+    """Counters for the metrics endpoint. Monotonic except `active`.
+
+    `refusals` is keyed by a Refusal's text and `dropped` by a Drop's, closed sets: their size,
+    and that of the report a worker sends the main process, is bounded whatever clients send.
+    """
 
     requests: int = 0
-    malformed: int = 0
-    refused: int = 0
-    busy: int = 0
+    malformed: int = 0  # datagrams that do not decode: dropped unanswered
+    refused: int = 0  # requests answered with an ERROR; `refusals` says why
+    busy: int = 0  # of those, refused for want of a slot (server or client busy)
     completed: int = 0
     failed: int = 0
+    unacknowledged: int = 0  # of the failed, those whose first block was never acknowledged
     bytes_sent: int = 0
     retransmits: int = 0
     active: int = 0
     refusals: dict[str, int] = field(default_factory=dict)
+    dropped: dict[str, int] = field(default_factory=dict)  # well-formed but unanswered, by Drop
 
 
 class Transfer:
@@ -97,12 +126,16 @@ class TftpServer:
         self.log = log.bind(component="tftp")
         self.stats = TftpStats()
         self.limits = Limits(
-            max_windowsize=config.max_windowsize, timeout=config.timeout, abandon_after=config.abandon_after
+            max_windowsize=config.max_windowsize,
+            timeout=config.timeout,
+            abandon_after=config.abandon_after,
+            first_block_timeout=config.first_block_timeout,
         )
         self._endpoint: UdpEndpoint | None = None
         self._by_peer: dict[Address, Transfer] = {}  # single-port mode: transfers by client address
         self._transfers: set[Transfer] = set()
         self._opening = 0
+        self._per_client: dict[str, int] = {}  # transfers starting or running, by client IP address
         self._tasks: set[asyncio.Task[None]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._spin_budget = config.busy_poll_us / 1e6
@@ -172,19 +205,16 @@ class TftpServer:
         try:
             packet = decode(data)
         except DecodeError as error:
+            # Unanswered, requests too: no real client sends these, and an answer to a datagram
+            # with a forged source would reflect (and, with the reason in it, amplify) it.
             self.stats.malformed += 1
-            log.debug("malformed TFTP packet dropped", reason=str(error), length=len(data))
-            if _is_request(data):
-                self._reply_error(peer, ErrorCode.ILLEGAL_OPERATION, f"malformed request: {error}")
+            log.debug("malformed TFTP packet dropped", reason=str(error)[:200], length=len(data))
             return
         if isinstance(packet, WriteRequest):
-            self._refuse(
-                peer, log, packet.filename, ErrorCode.ACCESS_VIOLATION, "write requests are not allowed"
-            )
+            self._refuse(peer, log, packet.filename, Refusal.WRITE, len(data))
             return
         if not isinstance(packet, ReadRequest):
-            # A stray ACK or DATA for a transfer that is over, or a scan: no answer.
-            log.debug("unexpected TFTP packet on the service port", packet=type(packet).__name__)
+            self._drop(packet, log)
             return
         self.stats.requests += 1
         if self.config.single_port:
@@ -193,47 +223,95 @@ class TftpServer:
                 if old.session.request == packet:
                     return  # the client resent its request before our first answer reached it
                 self._end(old, log_it=False)
-        if len(self._transfers) + self._opening >= self.config.max_transfers:
+        client = peer[0]
+        if self._per_client.get(client, 0) >= self.config.max_per_client:
             self.stats.busy += 1
-            log.warning(
-                "TFTP request refused: server busy", file=packet.filename, limit=self.config.max_transfers
-            )
-            self._reply_error(peer, ErrorCode.DISK_FULL, "server busy: too many transfers, try again")
+            self._refuse(peer, log, packet.filename, Refusal.CLIENT_BUSY, len(data))
+            return
+        # The generated boot files may use the reserve: what every target needs first is never
+        # locked out by transfers of anything else.
+        limit = self.config.max_transfers
+        if self.registry.is_generated(packet.filename):
+            limit += self.config.reserved_transfers
+        if len(self._transfers) + self._opening >= limit:
+            self.stats.busy += 1
+            self._count_refusal(Refusal.BUSY)
+            log.warning("TFTP request refused: server busy", file=shown_name(packet.filename), limit=limit)
+            self._reply_error(peer, Refusal.BUSY, len(data))
             return
         self._opening += 1
-        task = asyncio.get_running_loop().create_task(self._start_transfer(packet, peer, log))
+        self._per_client[client] = self._per_client.get(client, 0) + 1
+        task = asyncio.get_running_loop().create_task(self._start_transfer(packet, len(data), peer, log))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def _reply_error(self, peer: Address, code: int, message: str) -> None:
-        if self._endpoint is not None:
-            self._endpoint.send(encode(Error(code, message)), peer)
+    def _drop(self, packet: Packet, log: structlog.stdlib.BoundLogger) -> None:
+        """A packet for no transfer at the service port: counted, never answered."""
+        if isinstance(packet, Error):
+            reason = Drop.ERROR
+        elif isinstance(packet, Ack):
+            reason = Drop.STRAY_ACK
+        else:
+            reason = Drop.SERVER_PACKET
+        self.stats.dropped[reason.value] = self.stats.dropped.get(reason.value, 0) + 1
+        log.debug("TFTP packet dropped", reason=reason.value, packet=type(packet).__name__)
+
+    def _release(self, client: str) -> None:
+        left = self._per_client.get(client, 0) - 1
+        if left > 0:
+            self._per_client[client] = left
+        else:
+            self._per_client.pop(client, None)  # so the map holds only clients with transfers
+
+    def _reply_error(self, peer: Address, refusal: Refusal, request_size: int) -> None:
+        """The refusal's fixed text, cut so that the reply is no larger than the request."""
+        reply = bounded_error(refusal.code, refusal.value, request_size)
+        if reply is not None and self._endpoint is not None:
+            self._endpoint.send(reply, peer)
+
+    def _count_refusal(self, refusal: Refusal) -> None:
+        self.stats.refused += 1
+        self.stats.refusals[refusal.value] = self.stats.refusals.get(refusal.value, 0) + 1
 
     def _refuse(
-        self, peer: Address, log: structlog.stdlib.BoundLogger, name: str, code: int, reason: str
+        self,
+        peer: Address,
+        log: structlog.stdlib.BoundLogger,
+        name: str,
+        refusal: Refusal,
+        request_size: int,
+        detail: str = "",
     ) -> None:
-        self.stats.refused += 1
-        self.stats.refusals[reason] = self.stats.refusals.get(reason, 0) + 1
-        log.info("TFTP request refused", file=name, reason=reason, error_code=int(code))
-        self._reply_error(peer, code, reason)
+        self._count_refusal(refusal)
+        fields = {"detail": detail} if detail else {}
+        log.info(
+            "TFTP request refused",
+            file=shown_name(name),
+            reason=refusal.value,
+            error_code=int(refusal.code),
+            **fields,
+        )
+        self._reply_error(peer, refusal, request_size)
 
     async def _start_transfer(
-        self, request: ReadRequest, peer: Address, log: structlog.stdlib.BoundLogger
+        self, request: ReadRequest, request_size: int, peer: Address, log: structlog.stdlib.BoundLogger
     ) -> None:
-        log = log.bind(file=request.filename)
+        log = log.bind(file=shown_name(request.filename))
         source: Source | None = None
         try:
             check_request(request)
             source = await self.registry.open(request.filename, netascii=request.mode == "netascii")
             endpoint, own = self._transfer_endpoint(peer)
         except (TftpError, OSError) as error:
+            self._release(peer[0])
             if source is not None:
                 source.close()
             if isinstance(error, TftpError):
-                self._refuse(peer, log, request.filename, error.code, error.message)
+                self._refuse(peer, log, request.filename, error.refusal, request_size, error.detail)
             else:
-                log.error("TFTP transfer could not start", error=str(error))
-                self._reply_error(peer, ErrorCode.NOT_DEFINED, "server error")
+                log.error("TFTP transfer could not start", error=error.strerror or str(error))
+                self._count_refusal(Refusal.SERVER_ERROR)
+                self._reply_error(peer, Refusal.SERVER_ERROR, request_size)
             return
         finally:
             self._opening -= 1
@@ -389,6 +467,7 @@ class TftpServer:
         if transfer.own_endpoint:
             transfer.endpoint.close()
         transfer.source.close()
+        self._release(transfer.peer[0])
         self.stats.active = len(self._transfers)
         summary = transfer.session.summary()
         self.stats.bytes_sent += summary.bytes_sent
@@ -397,6 +476,8 @@ class TftpServer:
             self.stats.completed += 1
         else:
             self.stats.failed += 1
+            if summary.outcome is Outcome.UNACKNOWLEDGED:
+                self.stats.unacknowledged += 1
         if log_it:
             _log_summary(transfer.log, summary)
 
@@ -419,6 +500,9 @@ def _log_summary(log: structlog.stdlib.BoundLogger, summary: Summary) -> None:
         log.info("TFTP transfer complete", **fields)
     elif summary.outcome is Outcome.CLIENT_ERROR:
         log.info("TFTP transfer ended by the client", **fields)
+    elif summary.outcome is Outcome.UNACKNOWLEDGED:
+        # Info, not a warning: a client that asked twice leaves one of its two transfers so.
+        log.info("TFTP transfer not acknowledged", **fields)
     else:
         log.warning("TFTP transfer failed", **fields)
 

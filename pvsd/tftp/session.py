@@ -7,9 +7,18 @@ call, sends what `take_datagrams()` returns, and calls `on_timer(now)` once `now
 curl and iPXE all expect 0 after 65535).
 
 Retransmission follows RFC 1123 4.2.3.1 (no sorcerer's apprentice): only the timer
-resends. An ACK for the block before the window is a duplicate and is ignored. With a
-window (RFC 7440), an ACK inside the window means the client lost what followed, so the
-next window starts right after the acknowledged block.
+resends. An ACK for the block before the window is a duplicate and is ignored, and so is an
+ACK for a block not sent yet. With a window (RFC 7440), an ACK inside the window means the
+client lost what followed, so the next window starts right after the acknowledged block.
+
+Until block 1 is acknowledged the address has not shown that a client is there: it may be a
+flood, or a forged source that makes us send at someone else. So before that, at most one
+flight is out (the OACK, then the first window), it is resent at most
+`first_block_retransmits` times, and the transfer ends silently, without a parting ERROR,
+after `first_block_timeout` (Outcome.UNACKNOWLEDGED). A real PXE client acknowledges within
+milliseconds, and asks again if our first answer was lost. A transfer never answers a
+client's packet either: an ERROR ends it, and anything but an ACK or an ERROR ends it as a
+protocol error, both without a reply, so no two peers can bounce packets off each other.
 """
 
 from __future__ import annotations
@@ -28,6 +37,7 @@ from pvsd.tftp.codec import (
     Options,
     Packet,
     ReadRequest,
+    Refusal,
     TftpError,
     data_header,
     encode,
@@ -59,6 +69,10 @@ class Limits:
     max_timeout: float = 8.0
     abandon_after: float = 30.0
     """A transfer with no progress for this long is given up."""
+    first_block_timeout: float = 3.0
+    """A transfer whose block 1 is not acknowledged this long after the request ends, silently."""
+    first_block_retransmits: int = 3
+    """Resends, in all, of what goes out before block 1 is acknowledged (the OACK, the first window)."""
 
 
 class Outcome(enum.StrEnum):
@@ -66,6 +80,7 @@ class Outcome(enum.StrEnum):
     COMPLETE = "complete"
     CLIENT_ERROR = "client-error"  # the client sent ERROR: it gave up, or only wanted tsize
     ABANDONED = "abandoned"  # no progress for abandon_after seconds
+    UNACKNOWLEDGED = "unacknowledged"  # block 1 never acknowledged: no client there, or a flood
     PROTOCOL_ERROR = "protocol-error"  # the client sent something a reader never sends
 
 
@@ -85,7 +100,7 @@ class Summary:
 def check_request(request: ReadRequest) -> None:
     """Refuse what no file source can serve, whatever the file: a bad mode."""
     if request.mode not in MODES:
-        raise TftpError(ErrorCode.ILLEGAL_OPERATION, f"transfer mode {request.mode!r} is not supported")
+        raise TftpError(Refusal.MODE)
 
 
 def _int_option(value: str, low: int, high: int) -> int | None:
@@ -117,7 +132,9 @@ class ReadSession:
         self._sent_upto = 0
         self._outbox: list[bytes] = []
         self._current_timeout = self.timeout
-        self.deadline = now + self._current_timeout
+        self._first_block_by = now + limits.first_block_timeout
+        self._unacknowledged_resends = 0
+        self.deadline = self._due(now + self._current_timeout)
         if self.oack:
             self._outbox.append(encode(OptionAck(self.oack)))
         else:
@@ -127,7 +144,13 @@ class ReadSession:
 
     def _negotiate(self, options: Options) -> Options:
         accepted: list[tuple[str, str]] = []
+        seen: set[str] = set()
         for name, value in options:
+            # RFC 2347 is silent on duplicates: the first one decides, valid or not, and each
+            # option is echoed once (1000 x tsize in a request made a 13 kB OACK).
+            if name in seen:
+                continue
+            seen.add(name)
             if name == "blksize":
                 size = _int_option(value, MIN_BLKSIZE, MAX_BLKSIZE)
                 if size is not None:
@@ -168,29 +191,45 @@ class ReadSession:
         if isinstance(packet, Ack):
             self._on_ack(packet.block, now)
         elif isinstance(packet, Error):
-            self._finish(Outcome.CLIENT_ERROR, now, f"client sent error {packet.code}: {packet.message}")
+            # Never answered: an answer to an ERROR is how two peers start a ping-pong.
+            message = packet.message[:100]
+            self._finish(Outcome.CLIENT_ERROR, now, f"client sent error {packet.code}: {message}")
         else:
-            # RRQ/WRQ/DATA/OACK on a read transfer's port: the peer is confused or hostile.
-            self._outbox.append(encode(Error(ErrorCode.ILLEGAL_OPERATION, "only ACK or ERROR expected")))
+            # RRQ/WRQ/DATA/OACK on a read transfer's port: the peer is confused or hostile. No
+            # answer: in single-port mode this port is the service port, where a DATA or an OACK
+            # may come from another server (or one whose address was forged).
             self._finish(Outcome.PROTOCOL_ERROR, now, f"client sent {type(packet).__name__} during a read")
 
     def on_timer(self, now: float) -> None:
         if self.done or now < self.deadline:
             return
-        if now - self.last_progress >= self.limits.abandon_after:
+        silent = now - self.last_progress
+        if not self._first_block_acknowledged and (
+            now >= self._first_block_by or silent >= self.limits.abandon_after
+        ):
+            # No parting ERROR: nobody at this address has shown it is a client.
+            self._finish(
+                Outcome.UNACKNOWLEDGED, now, f"block 1 not acknowledged {now - self.started:.1f} s on"
+            )
+            return
+        if silent >= self.limits.abandon_after:
             self._outbox.append(encode(Error(ErrorCode.NOT_DEFINED, "transfer timed out")))
-            silent = now - self.last_progress
             self._finish(
                 Outcome.ABANDONED, now, f"no acknowledgement for {silent:.1f} s at block {self._base}"
             )
             return
+        if not self._first_block_acknowledged:
+            if self._unacknowledged_resends >= self.limits.first_block_retransmits:
+                self.deadline = self._first_block_by  # resent enough: wait for the end
+                return
+            self._unacknowledged_resends += 1
         if self._base == 0:
             self._outbox.append(encode(OptionAck(self.oack)))
             self.retransmits += 1
         else:
             self.retransmits += self._send_window()
         self._current_timeout = min(self._current_timeout * 2, max(self.limits.max_timeout, self.timeout))
-        self.deadline = now + self._current_timeout
+        self.deadline = self._due(now + self._current_timeout)
 
     def client_gone(self, now: float, detail: str) -> None:
         """The glue learnt the client cannot be reached (ICMP port unreachable)."""
@@ -213,6 +252,14 @@ class ReadSession:
 
     # -- internals ---------------------------------------------------------------------------------
 
+    @property
+    def _first_block_acknowledged(self) -> bool:
+        return self._base > 1
+
+    def _due(self, resend_at: float) -> float:
+        """The next deadline: the resend, or the end of the wait for block 1's ACK if sooner."""
+        return resend_at if self._first_block_acknowledged else min(resend_at, self._first_block_by)
+
     def _on_ack(self, wire_block: int, now: float) -> None:
         # Map the 16-bit number onto the blocks that can be acknowledged: base-1 .. sent_upto.
         floor = self._base - 1
@@ -225,7 +272,7 @@ class ReadSession:
         self._base = acked + 1
         self.last_progress = now
         self._current_timeout = self.timeout
-        self.deadline = now + self._current_timeout
+        self.deadline = self._due(now + self._current_timeout)
         if self._base > self.total_blocks:
             self._finish(Outcome.COMPLETE, now, "")
             return

@@ -1,8 +1,9 @@
 """Where TFTP data comes from: files under the root, kept safe and shared, and published files.
 
 A requested name is checked before anything touches the disk: NUL bytes, backslashes, `..`
-components, symlinks that leave the root, and anything that is not a regular file are each
-refused with their own reason. Leading slashes name the root, as real firmware and boot
+components, names longer than MAX_NAME_BYTES, symlinks that leave the root, and anything that
+is not a regular file are each refused with their own reason, one of codec.Refusal: never an
+OS error's text, which names the server's path. Leading slashes name the root, as real firmware and boot
 loaders send them (`/pxelinux.0`) and tftp-hpa (`-s`) and dnsmasq serve them. A name missing
 from the root is looked for in the fallback folders (the installed iPXE binaries), with the
 same checks. Files up to a bound are read once
@@ -13,6 +14,7 @@ once); larger ones are read per block with pread, sharing the kernel's page cach
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import stat
 from collections import OrderedDict
@@ -21,9 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from pvsd.tftp.codec import ErrorCode, TftpError
+from pvsd.tftp.codec import ErrorCode, Refusal, TftpError
 
 __all__ = [
+    "MAX_NAME_BYTES",
     "BytesSource",
     "FileCache",
     "FileSource",
@@ -92,8 +95,13 @@ def to_netascii(data: bytes) -> bytes:
     return data.replace(b"\r", b"\r\0").replace(b"\n", b"\r\n")
 
 
-def _refuse(reason: str, code: ErrorCode = ErrorCode.ACCESS_VIOLATION) -> TftpError:
-    return TftpError(code, reason)
+# Longer than any boot loader asks for, and refused before the disk is touched: the kernel would
+# refuse it anyway (PATH_MAX is 4096 with the root in front), with an error that names the root.
+MAX_NAME_BYTES = 1024
+
+
+def _refuse(refusal: Refusal, detail: str = "") -> TftpError:
+    return TftpError(refusal, detail)
 
 
 def find_file(roots: Sequence[Path], name: str) -> Path:
@@ -109,38 +117,44 @@ def find_file(roots: Sequence[Path], name: str) -> Path:
             if refusal.code is not ErrorCode.FILE_NOT_FOUND:
                 raise
             missing = missing or refusal
-    raise missing or _refuse("no such file", ErrorCode.FILE_NOT_FOUND)
+    raise missing or _refuse(Refusal.NO_SUCH_FILE)
 
 
 def resolve_path(root: Path, name: str, links_may_leave: bool = False) -> Path:
     """The real path of `name` inside `root` (leading slashes name the root), or TftpError with
     the reason it is refused. `links_may_leave` trusts the folder's own symlinks to point out."""
     if not name:
-        raise _refuse("empty file name")
+        raise _refuse(Refusal.EMPTY_NAME)
     if "\0" in name:
-        raise _refuse("NUL byte in file name")
+        raise _refuse(Refusal.NUL)
     if "\\" in name:
-        raise _refuse("backslash in file name")
+        raise _refuse(Refusal.BACKSLASH)
+    if len(name.encode("utf-8", "surrogateescape")) > MAX_NAME_BYTES:
+        raise _refuse(Refusal.NAME_TOO_LONG)
     name = name.lstrip("/")
     if not name:
-        raise _refuse("no file name after the leading slash")
+        raise _refuse(Refusal.NO_NAME)
     if ".." in name.split("/"):
-        raise _refuse("parent directory (..) in file name")
+        raise _refuse(Refusal.PARENT)
     real_root = root.resolve()
     try:
         real = (real_root / name).resolve(strict=True)
     except FileNotFoundError:
-        raise _refuse("no such file", ErrorCode.FILE_NOT_FOUND) from None
-    except (OSError, RuntimeError) as error:  # symlink loops, unreadable folders
-        raise _refuse(f"cannot resolve: {error}") from None
+        raise _refuse(Refusal.NO_SUCH_FILE) from None
+    except OSError as error:
+        if error.errno == errno.ENAMETOOLONG:  # one component over NAME_MAX
+            raise _refuse(Refusal.NAME_TOO_LONG) from None
+        raise _refuse(Refusal.UNRESOLVABLE, error.strerror or "") from None
+    except RuntimeError:  # a symlink loop (Python 3.11 raises it so; its text names the path)
+        raise _refuse(Refusal.UNRESOLVABLE, "symlink loop") from None
     if not links_may_leave and not real.is_relative_to(real_root):
-        raise _refuse("symlink points outside the TFTP root")
+        raise _refuse(Refusal.SYMLINK_OUT)
     try:
         mode = real.stat().st_mode
     except OSError as error:
-        raise _refuse(f"cannot stat: {error.strerror}") from None
+        raise _refuse(Refusal.UNREADABLE, error.strerror or "") from None
     if not stat.S_ISREG(mode):
-        raise _refuse("not a regular file (directory, device or fifo)")
+        raise _refuse(Refusal.NOT_REGULAR)
     return real
 
 
@@ -169,7 +183,7 @@ class FileCache:
         try:
             info = os.fstat(fd)
             if not stat.S_ISREG(info.st_mode):
-                raise _refuse("not a regular file (directory, device or fifo)")
+                raise _refuse(Refusal.NOT_REGULAR)
             if info.st_size > self.max_file:
                 source = FileSource(fd, info.st_size)
                 fd = -1
@@ -267,6 +281,12 @@ class SourceRegistry:
     def published_names(self) -> list[str]:
         return sorted(self._published)
 
+    def is_generated(self, name: str) -> bool:
+        """Whether `name` is one of the published files (pvs.bootstrap, pvs.ipxe, device scripts,
+        an unknown device's default): small, generated here, and what every target boots from."""
+        key = name.lstrip("/")
+        return key in self._published or any(key.startswith(prefix) for prefix in self._defaults)
+
     async def open(self, name: str, netascii: bool) -> Source:
         key = name.lstrip("/")  # `/pvs.ipxe` is pvs.ipxe, as for files under the root
         data = self._published.get(key)
@@ -278,14 +298,14 @@ class SourceRegistry:
         try:
             source = await self.cache.open(path)
         except PermissionError:
-            raise _refuse("permission denied") from None
+            raise _refuse(Refusal.PERMISSION) from None
         except OSError as error:
-            raise _refuse(f"cannot open: {error.strerror}") from None
+            raise _refuse(Refusal.UNREADABLE, error.strerror or "") from None
         if not netascii:
             return source
         try:
             if source.size > self.cache.max_file:
-                raise _refuse("file too large for netascii mode; use octet", ErrorCode.ILLEGAL_OPERATION)
+                raise _refuse(Refusal.NETASCII_TOO_LARGE)
             return BytesSource(to_netascii(source.read(0, source.size)))
         finally:
             source.close()

@@ -64,8 +64,18 @@ def worker_count(configured: int) -> int:
 
 
 def share_of(config: TftpConfig, processes: int) -> TftpConfig:
-    """Each process gets its share of max_transfers (rounded up)."""
-    return dataclasses.replace(config, max_transfers=-(-config.max_transfers // processes))
+    """Each process gets its share (rounded up) of max_transfers, of the reserve for generated
+    files and of max_per_client: the kernel spreads one client's ports over the processes too."""
+
+    def share(total: int) -> int:
+        return -(-total // processes)
+
+    return dataclasses.replace(
+        config,
+        max_transfers=share(config.max_transfers),
+        max_per_client=share(config.max_per_client),
+        reserved_transfers=share(config.reserved_transfers),
+    )
 
 
 class TftpWorkers:
@@ -100,7 +110,10 @@ class TftpWorkers:
     def _send(self, message: object) -> None:
         for index in self._pool.keys:
             if not self._pool.send(index, message):
-                self.log.error("TFTP worker is gone; its clients go to the other processes", worker=index)
+                # Not a death: that is the worker's exit, which the pool reports on its own.
+                self.log.warning(
+                    "TFTP worker missed a published file", worker=index, message=type(message).__name__
+                )
 
     def _on_message(self, index: int, message: object) -> None:
         if isinstance(message, TftpReport):

@@ -1,10 +1,13 @@
-"""A minimal TFTP client for protocol-level checks (real clients are used for transfers)."""
+"""A minimal TFTP client for protocol-level checks (real clients are used for transfers), and a
+worker process for the worker pipe's tests."""
 
 from __future__ import annotations
 
 import socket
 import time
+from multiprocessing.connection import Connection
 
+from pvsd.processes import run_worker, serve_main_process
 from pvsd.tftp.codec import Ack, Data, Error, OptionAck, Packet, ReadRequest, decode, encode
 
 Address = tuple[str, int]
@@ -66,3 +69,9 @@ def wait_until_serving(server: Address, timeout: float = 20.0) -> None:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.2)
+
+
+def oversized_report_worker(size: int, level: str, fmt: str, connection: Connection) -> None:
+    """A worker process (pvsd.processes) that reports `size` bytes every 0.2 s: more than a pipe
+    holds at once, as a TFTP worker's counters were when they held a 60 kB file name."""
+    run_worker("test", level, fmt, lambda _: serve_main_process(connection, 0.2, lambda: b"r" * size))

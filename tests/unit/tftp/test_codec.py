@@ -18,8 +18,10 @@ from pvsd.tftp.codec import (
     Packet,
     ReadRequest,
     WriteRequest,
+    bounded_error,
     decode,
     encode,
+    shown_name,
 )
 
 VECTORS: list[tuple[str, Packet, bytes]] = [
@@ -69,6 +71,43 @@ def test_any_filename_bytes_survive_a_round_trip() -> None:
 def test_sloppy_but_harmless_packets_are_accepted() -> None:
     assert decode(b"\x00\x04\x00\x07padding") == Ack(7)
     assert decode(b"\x00\x05\x00\x00no terminating nul") == Error(0, "no terminating nul")
+
+
+def test_a_duplicated_option_decodes_as_sent_and_the_first_one_is_the_one_read() -> None:
+    """The codec keeps what was on the wire; RFC 2347 is silent on duplicates and the first wins."""
+    packet = decode(b"\x00\x01f\x00octet\x00blksize\x001024\x00BLKSIZE\x00512\x00")
+    assert packet == ReadRequest("f", "octet", (("blksize", "1024"), ("blksize", "512")))
+    assert isinstance(packet, ReadRequest) and packet.option("blksize") == "1024"
+    assert packet.option("tsize") is None
+
+
+def test_an_error_reply_is_cut_to_fit_the_datagram_that_caused_it() -> None:
+    assert bounded_error(ErrorCode.FILE_NOT_FOUND, "no such file", 100) == encode(
+        Error(ErrorCode.FILE_NOT_FOUND, "no such file")
+    )
+    assert bounded_error(ErrorCode.FILE_NOT_FOUND, "no such file", 10) == b"\x00\x05\x00\x01no su\x00"
+    assert bounded_error(ErrorCode.DISK_FULL, "server busy", 5) == b"\x00\x05\x00\x03\x00"
+    assert bounded_error(ErrorCode.DISK_FULL, "server busy", 4) is None  # not even an empty ERROR fits
+
+
+@pytest.mark.parametrize(
+    ("name", "shown"),
+    [
+        ("pxelinux.0", "pxelinux.0"),
+        ("a" * 128, "a" * 128),
+        ("a" * 129, "a" * 128 + "..."),
+        ("b" * 60_000, "b" * 128 + "..."),
+        ("caf\udcc3x", "caf\\xc3x"),  # bytes that are not UTF-8 are shown escaped, never raw
+        ("a\nb\x1b[2J", "a\\nb\\x1b[2J"),  # nor can a name forge a log line or drive a terminal
+    ],
+)
+def test_file_names_are_shown_cut_short_and_printable(name: str, shown: str) -> None:
+    assert shown_name(name) == shown
+
+
+@given(st.text(max_size=400))
+def test_a_shown_name_is_bounded_whatever_the_name(name: str) -> None:
+    assert len(shown_name(name)) <= 10 * 128 + 3  # \U0010ffff at worst, per character
 
 
 @pytest.mark.parametrize(

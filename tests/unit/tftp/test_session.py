@@ -7,7 +7,18 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pvsd.net.reader import ProtocolError
-from pvsd.tftp.codec import Ack, Data, Error, ErrorCode, OptionAck, ReadRequest, decode
+from pvsd.tftp.codec import (
+    Ack,
+    Data,
+    Error,
+    ErrorCode,
+    OptionAck,
+    Packet,
+    ReadRequest,
+    WriteRequest,
+    decode,
+    encode,
+)
 from pvsd.tftp.session import Limits, Outcome, ReadSession, check_request
 from pvsd.tftp.sources import BytesSource
 
@@ -97,13 +108,15 @@ def test_blksize_and_windowsize_are_clamped_to_the_limits() -> None:
 def test_a_lost_data_block_is_resent_on_timeout_with_backoff() -> None:
     session, content = start(2000)
     sent(session)
+    session.receive(Ack(1), 0.0)  # the client is there: block 2 on, the ordinary schedule holds
+    assert sent(session) == [Data(2, content[512:1024])]
     session.on_timer(0.5)  # not due yet
     assert sent(session) == []
     session.on_timer(1.0)
-    assert sent(session) == [Data(1, content[:512])]
+    assert sent(session) == [Data(2, content[512:1024])]
     assert session.retransmits == 1 and session.deadline == 3.0  # 1 s, then 2 s
     session.on_timer(3.0)
-    assert blocks(sent(session)) == [1]
+    assert blocks(sent(session)) == [2]
     assert session.deadline == 7.0
 
 
@@ -182,6 +195,8 @@ def test_block_numbers_roll_over_past_65535() -> None:
 def test_a_silent_client_is_abandoned_after_the_total_time() -> None:
     session, _ = start(2000, limits=Limits(timeout=1.0, max_timeout=4.0, abandon_after=12.0))
     sent(session)
+    session.receive(Ack(1), 0.0)  # then silence: abandon_after applies, not first_block_timeout
+    sent(session)
     deadlines = []
     while not session.done:
         deadlines.append(session.deadline)
@@ -212,13 +227,34 @@ def test_a_lost_oack_is_resent() -> None:
     assert blocks(sent(session)) == [1]
 
 
-def test_packets_a_reader_never_sends_end_the_transfer_with_error_4() -> None:
+@pytest.mark.parametrize(
+    "packet",
+    [Data(1, b"x"), OptionAck((("blksize", "512"),)), ReadRequest("f", "octet"), WriteRequest("f", "octet")],
+    ids=["DATA", "OACK", "RRQ", "WRQ"],
+)
+def test_packets_a_reader_never_sends_end_the_transfer_without_an_answer(packet: Packet) -> None:
+    """In single-port mode the transfer's port is the service port: answering a DATA or an OACK
+    there could start a ping-pong with another server (or a spoofed one)."""
     session, _ = start(2000)
     sent(session)
-    session.receive(Data(1, b"x"), 0.1)
-    (reply,) = sent(session)
-    assert isinstance(reply, Error) and reply.code == ErrorCode.ILLEGAL_OPERATION
+    session.receive(packet, 0.1)
+    assert sent(session) == []
     assert session.outcome is Outcome.PROTOCOL_ERROR
+    session.on_timer(10.0)
+    assert sent(session) == []
+
+
+def test_an_error_from_the_client_is_never_answered_whatever_the_state() -> None:
+    for acked in (None, 0, 1):
+        session, _ = start(5000, (("blksize", "512"),))
+        sent(session)
+        if acked is not None:
+            session.receive(Ack(acked), 0.1)
+            sent(session)
+        session.receive(Error(ErrorCode.UNKNOWN_TID, "who are you"), 0.2)
+        assert sent(session) == [] and session.outcome is Outcome.CLIENT_ERROR
+        session.on_timer(60.0)
+        assert sent(session) == []
 
 
 @pytest.mark.parametrize("mode", ["mail", "binary", ""])
@@ -226,6 +262,107 @@ def test_unsupported_modes_are_refused_with_error_4(mode: str) -> None:
     with pytest.raises(ProtocolError) as caught:
         check_request(ReadRequest("f", mode))
     assert caught.value.code == ErrorCode.ILLEGAL_OPERATION
+
+
+# -- duplicated options (amplification) ---------------------------------------------------------
+
+
+def test_a_duplicated_option_is_taken_once_the_first_one_wins() -> None:
+    """RFC 2347 is silent on duplicates: the first wins, and the OACK echoes each option once."""
+    options = (("blksize", "1024"), ("tsize", "0"), ("blksize", "512"), ("tsize", "0"), ("tsize", "7"))
+    session, _ = start(10_000, options)
+    assert sent(session) == [OptionAck((("blksize", "1024"), ("tsize", "10000")))]
+    assert session.blksize == 1024
+
+
+def test_a_first_duplicate_that_is_invalid_drops_the_option_rather_than_trying_the_next() -> None:
+    session, content = start(2000, (("blksize", "huge"), ("blksize", "1024")))
+    assert sent(session) == [Data(1, content[:512])]
+
+
+def test_a_thousand_tsize_options_give_an_oack_smaller_than_the_request() -> None:
+    """The hostile tryout: 1000 x tsize 0 in an 8 kB RRQ came back as a 13 kB OACK, sent 7 times."""
+    request = ReadRequest("f", "octet", (("tsize", "0"),) * 1000)
+    session = ReadSession(request, BytesSource(b"x" * 123_456), Limits(), 0.0)
+    datagrams = session.take_datagrams()
+    assert [decode(d) for d in datagrams] == [OptionAck((("tsize", "123456"),))]
+    now = 0.0
+    while not session.done:
+        now = session.deadline
+        session.on_timer(now)
+        datagrams += session.take_datagrams()
+    assert len(datagrams) <= 1 + Limits().first_block_retransmits
+    assert sum(len(d) for d in datagrams) < len(encode(request)) // 10
+
+
+# -- a first block nobody acknowledges (flood, spoofed address) -------------------------------------
+
+
+def run_timers(session: ReadSession, until: float) -> list[bytes]:
+    """Fire the timer at every deadline up to `until`; what was sent, in order."""
+    out = session.take_datagrams()
+    while not session.done and session.deadline <= until:
+        session.on_timer(session.deadline)
+        out += session.take_datagrams()
+    return out
+
+
+@pytest.mark.parametrize("options", [(), (("blksize", "1468"), ("windowsize", "16"))], ids=["plain", "oack"])
+def test_a_transfer_nobody_acknowledges_expires_after_first_block_timeout(
+    options: tuple[tuple[str, str], ...],
+) -> None:
+    session, _ = start(100_000, options, Limits(timeout=1.0))
+    assert Limits().first_block_timeout == 3.0
+    out = run_timers(session, 2.99)
+    assert not session.done
+    out += run_timers(session, 3.0)
+    assert session.outcome is Outcome.UNACKNOWLEDGED and session.finished == 3.0
+    # Silently: the address never proved it is a client, so it gets no parting ERROR either.
+    assert not [p for p in map(decode, out) if isinstance(p, Error)]
+    assert len(out) == 2  # the first flight, and one resend at 1 s (the next would be at 3 s)
+
+
+def test_the_first_window_is_resent_at_most_three_times_however_long_the_timeout() -> None:
+    limits = Limits(timeout=1.0, max_timeout=8.0, first_block_timeout=1000.0, abandon_after=1000.0)
+    session, _ = start(100_000, (("blksize", "1468"), ("windowsize", "16")), limits)
+    assert isinstance(decode(session.take_datagrams()[0]), OptionAck)
+    session.receive(Ack(0), 0.0)  # a guessed ACK 0 is as easy as a real one: the window is still unproven
+    out = run_timers(session, 999.0)
+    assert blocks([decode(d) for d in out]) == list(range(1, 17)) * 4  # sent once, resent 3 times
+    assert session.retransmits == 3 * 16
+    assert not session.done
+    run_timers(session, 1000.0)
+    assert session.outcome is Outcome.UNACKNOWLEDGED
+
+
+def test_the_oack_is_resent_at_most_three_times() -> None:
+    limits = Limits(timeout=1.0, first_block_timeout=1000.0, abandon_after=1000.0)
+    session, _ = start(100_000, (("tsize", "0"),), limits)
+    out = run_timers(session, 999.0)
+    assert [decode(d) for d in out] == [OptionAck((("tsize", "100000"),))] * 4
+
+
+def test_acks_for_blocks_never_sent_are_ignored_before_the_first_block_is_acknowledged() -> None:
+    session, _ = start(100_000, (("blksize", "1468"), ("windowsize", "16")))
+    sent(session)
+    for guess in (1, 16, 17, 500, 65535):  # before the OACK is acknowledged, no block is out yet
+        session.receive(Ack(guess), 0.01)
+        assert sent(session) == []
+    session.receive(Ack(0), 0.02)
+    assert blocks(sent(session)) == list(range(1, 17))
+    for guess in (17, 32, 33, 1000):  # beyond the one window sent
+        session.receive(Ack(guess), 0.03)
+        assert sent(session) == []
+
+
+def test_once_the_first_block_is_acknowledged_the_ordinary_patience_applies() -> None:
+    session, _ = start(100_000, limits=Limits(timeout=1.0, abandon_after=30.0))
+    sent(session)
+    session.receive(Ack(1), 2.9)
+    assert blocks(sent(session)) == [2]
+    run_timers(session, 20.0)
+    assert not session.done  # no first_block_timeout, no cap of three resends
+    assert session.retransmits >= 4
 
 
 # -- a whole transfer over a lossy channel ------------------------------------------------------
@@ -243,7 +380,9 @@ def test_any_pattern_of_loss_and_duplication_delivers_the_file_exactly(
     size: int, blksize: int, windowsize: int, drops: list[bool], duplicates: list[bool]
 ) -> None:
     options = (("blksize", str(blksize)), ("windowsize", str(windowsize)))
-    session, content = start(size, options, Limits(abandon_after=1e9))
+    # Unbounded patience: this test is about delivery, not about giving up on a lossy client.
+    limits = Limits(abandon_after=1e9, first_block_timeout=1e9, first_block_retransmits=10**9)
+    session, content = start(size, options, limits)
     fate = iter(zip(drops, duplicates, strict=False))
 
     def channel(datagrams: list[bytes]) -> list[bytes]:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from support import needs
 
-from pvsd.tftp.codec import ErrorCode, TftpError
+from pvsd.tftp.codec import ErrorCode, Refusal, TftpError
 from pvsd.tftp.sources import FileCache, SourceRegistry, find_file, resolve_path, to_netascii
 
 
@@ -50,6 +50,38 @@ def test_unsafe_or_missing_names_are_refused_with_a_reason(
         resolve_path(root, name)
     assert reason in caught.value.message
     assert caught.value.code == code
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "A" * 60_000,  # the hostile tryout's: the OS said "File name too long: '/srv/tftp/AAAA...'"
+        "sub/" + "x" * 300,  # one component over NAME_MAX
+        "/".join(["d"] * 3000),  # many short components, over PATH_MAX
+    ],
+)
+def test_a_name_too_long_is_refused_with_a_fixed_reason_that_names_no_path(root: Path, name: str) -> None:
+    with pytest.raises(TftpError) as caught:
+        resolve_path(root, name)
+    assert caught.value.refusal is Refusal.NAME_TOO_LONG
+    assert caught.value.message == "file name too long"
+    assert caught.value.code == ErrorCode.ACCESS_VIOLATION
+    assert str(root) not in str(caught.value) + caught.value.detail
+    assert name[:50] not in str(caught.value) + caught.value.detail
+
+
+def test_a_symlink_loop_is_refused_with_a_fixed_reason(root: Path) -> None:
+    (root / "loop").symlink_to(root / "loop")
+    with pytest.raises(TftpError) as caught:
+        resolve_path(root, "loop")
+    assert caught.value.refusal in set(Refusal)
+    assert str(root) not in str(caught.value) + caught.value.detail
+
+
+def test_every_refusal_is_one_of_a_closed_set_of_short_reasons() -> None:
+    for refusal in Refusal:
+        assert len(refusal.value) <= 48 and refusal.value.isascii()
+        assert isinstance(refusal.code, ErrorCode)
 
 
 def test_device_files_are_refused(root: Path) -> None:
