@@ -313,6 +313,9 @@ def pvsd_server(work: Path, files: Files, taken: set[int]) -> Server:
         "PVSD_FARM__DATABASE": database,
         "PVSD_TFTP__ROOT": str(files.root),
         "PVSD_TFTP__PORT": str(port),
+        # every client here shares 127.0.0.1, where real targets each have an address: the
+        # per-client limit would refuse most of them, and the peers have none
+        "PVSD_TFTP__MAX_PER_CLIENT": "100000",
         "PVSD_SERVER__STORE": str(work / "store"),
         **pvsd_other_services_off("tftp"),
     }
