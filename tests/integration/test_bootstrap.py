@@ -53,7 +53,8 @@ def test_bootstrap_lists_live_servers_this_one_first_and_drops_the_dead(
         ]
         assert document["login_polling_timeout_ms"] == 5000 and document["login_general_timeout_ms"] == 5000
         assert document["recovery"] == {"method": "restore"}
-        assert names(bootstrap("127.0.0.12", port2)) == ["pvs2", "pvs1"]
+        # each server publishes on its own heartbeat: pvs2 may see pvs1 a heartbeat later
+        wait_for(lambda: names(bootstrap("127.0.0.12", port2)) == ["pvs2", "pvs1"], timeout=10)
 
         # tftpy, a real client, gets the same document
         out = tmp_path / "pvs.bootstrap"
