@@ -197,6 +197,8 @@ class InterfaceTable:
         self._host: frozenset[ipaddress.IPv4Address] = frozenset()
         self._read_at = -1e9
         self._miss_at = -1e9
+        self.read_failures = 0
+        self.last_error: OSError | None = None
 
     def refresh(self, now: float) -> OSError | None:
         """Read the table now; returns the error when the read failed (the old table stays)."""
@@ -204,7 +206,9 @@ class InterfaceTable:
         try:
             interfaces = self._read()
         except (OSError, DecodeError) as error:
-            return error if isinstance(error, OSError) else OSError(0, f"rtnetlink: {error}")
+            self.read_failures += 1
+            self.last_error = error if isinstance(error, OSError) else OSError(0, f"rtnetlink: {error}")
+            return self.last_error
         self._interfaces = interfaces
         self._host = frozenset(a.ip for i in interfaces.values() for a in i.addresses)
         return None

@@ -79,8 +79,8 @@ class PktinfoEndpoint:
             except (BlockingIOError, InterruptedError):
                 return
             except OSError:
-                # An ICMP error queued on the socket (a port unreachable for an earlier reply):
-                # nothing to do with the next datagram, which is read on the next round.
+                # A pending socket error (rare: an unconnected socket without IP_RECVERR gets no
+                # ICMP errors) belongs to no datagram: go on with the next one.
                 if self._closed:
                     return
                 continue

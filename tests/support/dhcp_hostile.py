@@ -10,6 +10,7 @@ are as small as a DHCP packet can be: the 236-byte BOOTP header, the 4-byte cook
 from __future__ import annotations
 
 import ipaddress
+import itertools
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -75,26 +76,27 @@ class Probe:
 
 
 def _variants(xid: int) -> list[tuple[str, bytes]]:
-    """Each message type at its smallest, without and with a PXE vendor class, and malformed ones."""
+    """Each message type at its smallest, without and with a PXE vendor class, and malformed ones;
+    each with its own xid (from `xid` up), so that replies can be told apart."""
+    xids = itertools.count(xid)
     out: list[tuple[str, bytes]] = []
     for kind in (None, 0, DISCOVER, OFFER, REQUEST, DECLINE, ACK, NAK, RELEASE, INFORM, 9, 255):
-        out.append((f"type {kind} bare", packet(xid + len(out), kind, vendor=None)))
-        out.append((f"type {kind} PXEClient", packet(xid + len(out), kind)))
-        out.append((f"type {kind} BOOTREPLY", packet(xid + len(out), kind, op=BOOTREPLY)))
-    pxe_discover = packet(xid + len(out))
+        out.append((f"type {kind} bare", packet(next(xids), kind, vendor=None)))
+        out.append((f"type {kind} PXEClient", packet(next(xids), kind)))
+        out.append((f"type {kind} BOOTREPLY", packet(next(xids), kind, op=BOOTREPLY)))
     out += [
-        ("header only", pxe_discover[:236]),
-        ("no END", packet(xid + len(out), end=False)),
-        ("truncated option", packet(xid + len(out), options=b"\x5d\x08\x00")),
-        ("odd option 93", packet(xid + len(out), options=b"\x5d\x03\x00\x00\x07")),
-        ("empty option 53", packet(xid + len(out), kind=None, options=b"\x35\x00")),
-        ("op 3", packet(xid + len(out), op=3)),
-        ("hlen 17", packet(xid + len(out), hlen=17)),
-        ("htype 6", packet(xid + len(out), htype=6)),
-        ("bad option 43", packet(xid + len(out), kind=REQUEST, options=b"\x2b\x04\x47\x09\x80\x00")),
-        ("HTTPClient", packet(xid + len(out), vendor=b"HTTPClient:Arch:00016:UNDI:003001")),
-        ("PAD flood", packet(xid + len(out), options=b"\x00" * 1100)),
-        ("option 97 long", packet(xid + len(out), options=b"\x61\xff" + b"\x01" * 255)),
+        ("header only", packet(next(xids))[:236]),
+        ("no END", packet(next(xids), end=False)),
+        ("truncated option", packet(next(xids), options=b"\x5d\x08\x00")),
+        ("odd option 93", packet(next(xids), options=b"\x5d\x03\x00\x00\x07")),
+        ("empty option 53", packet(next(xids), kind=None, options=b"\x35\x00")),
+        ("op 3", packet(next(xids), op=3)),
+        ("hlen 17", packet(next(xids), hlen=17)),
+        ("htype 6", packet(next(xids), htype=6)),
+        ("bad option 43", packet(next(xids), kind=REQUEST, options=b"\x2b\x04\x47\x09\x80\x00")),
+        ("HTTPClient", packet(next(xids), vendor=b"HTTPClient:Arch:00016:UNDI:003001")),
+        ("PAD flood", packet(next(xids), options=b"\x00" * 1100)),
+        ("option 97 long", packet(next(xids), options=b"\x61\xff" + b"\x01" * 255)),
     ]
     return out
 
