@@ -24,6 +24,7 @@ import enum
 import ipaddress
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from pvsd.dhcp.codec import (
     NO_ADDRESS,
@@ -58,7 +59,6 @@ DHCP_SERVER_PORT = 67
 DHCP_CLIENT_PORT = 68
 FIRST_UNPRIVILEGED_PORT = 1024
 LIMITED_BROADCAST = ipaddress.IPv4Address("255.255.255.255")
-THIS_NETWORK = ipaddress.IPv4Network("0.0.0.0/8")  # RFC 1122 section 3.2.1.3: never a destination
 SERVER_MESSAGE_TYPES = (MessageType.OFFER, MessageType.ACK, MessageType.NAK)  # RFC 2131 table 2
 # PXE 2.1 table 2-2, bit 3: "if a boot file name is given, download it without prompting".
 DISCOVERY_USE_BOOTFILE = 0x08
@@ -133,10 +133,10 @@ class Refusal(enum.StrEnum):
     UNREACHABLE = "unreachable"  # the client could not reach the address this server offers
 
 
-@dataclass(frozen=True)
-class Destination:
+class Destination(NamedTuple):
     """Where a reply goes. `on_link`: a broadcast or a host on the receiving interface's link,
-    so the reply leaves by that interface whatever the routing table says."""
+    so the reply leaves by that interface whatever the routing table says. (A tuple, not a
+    dataclass: one is made for every reply.)"""
 
     address: ipaddress.IPv4Address
     port: int
@@ -148,6 +148,9 @@ class Destination:
 
     def __str__(self) -> str:
         return f"{self.address}:{self.port}"
+
+
+BROADCAST_DESTINATION = Destination(LIMITED_BROADCAST, DHCP_CLIENT_PORT)
 
 
 @dataclass(frozen=True)
@@ -346,15 +349,16 @@ def reachable(address: ipaddress.IPv4Address, arrival: Arrival) -> bool:
 
 def _address_problem(address: ipaddress.IPv4Address, arrival: Arrival) -> str | None:
     """Why `address` can never be a reply's unicast destination here, or None."""
-    if address in THIS_NETWORK:
+    value = int(address)  # the first octet's bits decide the special ranges, without ipaddress's lookups
+    if value >> 24 == 0:
         return "is unspecified (0.0.0.0/8)"
-    if address.is_multicast:
+    if value >> 28 == 0xE:
         return "is multicast"
-    if address == LIMITED_BROADCAST:
+    if value == 0xFFFFFFFF:
         return "is the broadcast address"
-    if address.is_reserved:
+    if value >> 28 == 0xF:
         return "is reserved (240.0.0.0/4)"
-    if address.is_loopback and not arrival.loopback and not _on_link(address, arrival):
+    if value >> 24 == 127 and not arrival.loopback and not _on_link(address, arrival):
         return "is loopback and the request did not come in on loopback"
     for subnet in arrival.subnets:
         network = subnet.network
@@ -401,7 +405,7 @@ def reply_destination(
             )
         return Destination(source, port)
     if request.ciaddr == NO_ADDRESS:
-        return Destination(LIMITED_BROADCAST, DHCP_CLIENT_PORT)
+        return BROADCAST_DESTINATION
     ciaddr = request.ciaddr
     problem = _host_problem(ciaddr, arrival)
     if problem is not None:
@@ -410,7 +414,7 @@ def reply_destination(
         detail = f"ciaddr {ciaddr}, source {source}:{port}"
         return Refused(Refusal.BAD_DESTINATION, "ciaddr is not the source address", detail)
     if request.broadcast:
-        return Destination(LIMITED_BROADCAST, DHCP_CLIENT_PORT)
+        return BROADCAST_DESTINATION
     # A client with an address sends from port 68 and is answered there. On loopback the
     # request came from this host, so its source port is answered: that reaches load
     # generators and tests that cannot own port 68, and no one else.

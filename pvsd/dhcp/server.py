@@ -17,7 +17,7 @@ import ipaddress
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import structlog
 
@@ -28,7 +28,6 @@ from pvsd.dhcp.policy import (
     Arrival,
     BootPolicy,
     Decision,
-    Destination,
     Refusal,
     Strategy,
     decide,
@@ -45,6 +44,7 @@ __all__ = ["DhcpServer", "DhcpStats", "RefusalLog", "boot_policy"]
 NOT_ANSWERED_LOG_INTERVAL_S = 60.0
 ANY_ADDRESS = "0.0.0.0"  # noqa: S104 - broadcasts only reach a socket bound to INADDR_ANY
 INTERFACES_MAX_AGE_S = 5.0  # addresses added or removed are seen within this long
+ARRIVALS_CACHED = 4096
 
 
 @dataclass
@@ -136,12 +136,11 @@ def boot_policy(config: DhcpConfig, server: str) -> BootPolicy:
     )
 
 
-@dataclass(frozen=True)
-class _Reply:
+class _Reply(NamedTuple):
     """A reply on its way out: what, where, out of which interface, and what to log once sent."""
 
     wire: bytes
-    destination: Destination
+    address: Address
     ifindex: int
     source: str
     interface: str
@@ -173,6 +172,8 @@ class DhcpServer:
         self._not_answered_logged: dict[str, float] = {}
         self._refusals = RefusalLog()
         self._read_failures_seen = 0
+        self._arrivals: dict[tuple[PacketInfo | None, Address, bool], tuple[Arrival, str]] = {}
+        self._arrivals_generation = -1
         self._delayed = 0
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -230,11 +231,13 @@ class DhcpServer:
             # Refusals counted since their last line would otherwise never be said.
             self.log.info("proxy DHCP refusals not yet logged", counts=pending)
 
-    def _arrival(self, peer: Address, info: PacketInfo | None, on_pxe_port: bool, now: float) -> Arrival:
-        source = (ipaddress.IPv4Address(peer[0]), peer[1])
-        interface: Interface | None = None
-        if info is not None:
-            interface = self.interfaces.get(info.ifindex, now)
+    def _arrival(
+        self, peer: Address, info: PacketInfo | None, on_pxe_port: bool, now: float
+    ) -> tuple[Arrival, str]:
+        """Where a request came in, as the policy wants it, and the source address to answer from;
+        cached per (interface, local address), peer and port (a boot storm's DISCOVERs all come
+        from 0.0.0.0:68 on a few interfaces), and forgotten when the interfaces change."""
+        interface = self.interfaces.get(info.ifindex, now) if info is not None else None
         if self.interfaces.read_failures != self._read_failures_seen:
             self._read_failures_seen = self.interfaces.read_failures
             count = self._refusals.note("interfaces", now)
@@ -244,18 +247,28 @@ class DhcpServer:
                     error=str(self.interfaces.last_error),
                     count=count,
                 )
+        if self.interfaces.generation != self._arrivals_generation:
+            self._arrivals.clear()
+            self._arrivals_generation = self.interfaces.generation
+        key = (info, peer, on_pxe_port)
+        found = self._arrivals.get(key)
+        if found is None:
+            if len(self._arrivals) >= ARRIVALS_CACHED:
+                self._arrivals.clear()
+            arrival = self._new_arrival(peer, info, interface, on_pxe_port)
+            found = self._arrivals[key] = (arrival, self._source(arrival, info))
+        return found
+
+    def _new_arrival(
+        self, peer: Address, info: PacketInfo | None, interface: Interface | None, on_pxe_port: bool
+    ) -> Arrival:
+        source = (ipaddress.IPv4Address(peer[0]), peer[1])
+        hosts = self.interfaces.host_addresses
         if interface is None:
             # No interface known: no subnets, so nothing is reachable and nothing is answered.
             name = f"#{info.ifindex}" if info is not None else "unknown"
-            return Arrival(source, on_pxe_port, name, host_addresses=self.interfaces.host_addresses)
-        return Arrival(
-            source,
-            on_pxe_port,
-            interface.name,
-            interface.loopback,
-            interface.addresses,
-            self.interfaces.host_addresses,
-        )
+            return Arrival(source, on_pxe_port, name, host_addresses=hosts)
+        return Arrival(source, on_pxe_port, interface.name, interface.loopback, interface.addresses, hosts)
 
     def _on_datagram(self, data: bytes, peer: Address, info: PacketInfo | None, on_pxe_port: bool) -> None:
         self.stats.received += 1
@@ -266,7 +279,7 @@ class DhcpServer:
             self.log.debug("malformed DHCP packet dropped", peer=f"{peer[0]}:{peer[1]}", reason=str(error))
             return
         now = self._running_loop().time()
-        arrival = self._arrival(peer, info, on_pxe_port, now)
+        arrival, source = self._arrival(peer, info, on_pxe_port, now)
         decision = decide(request, arrival, self.is_known, self.policy)
         # Bound after the decision: most packets on port 67 are not PXE and are dropped unlogged.
         log = request_logger(self.log, peer, request.mac)
@@ -280,11 +293,12 @@ class DhcpServer:
             log.debug("DHCP request over the per-MAC rate; dropped")
             return
         destination = decision.destination
+        host = str(destination.address)
         reply = _Reply(
             wire=encode(decision.reply),
-            destination=destination,
+            address=(host, destination.port),
             ifindex=info.ifindex if info is not None and destination.on_link else 0,
-            source=self._source(arrival, info),
+            source=source,
             interface=arrival.interface,
             on_pxe_port=on_pxe_port,
             log=log,
@@ -293,7 +307,7 @@ class DhcpServer:
                 "ipxe": decision.ipxe,
                 # What the reply carries: a via-4011 offer names no file, the 4011 ACK does.
                 "bootfile": decision.reply.file.decode() or f"(ask on 4011 for {decision.bootfile})",
-                "to": str(destination),
+                "to": f"{host}:{destination.port}",
                 "interface": arrival.interface,
             },
         )
@@ -322,8 +336,7 @@ class DhcpServer:
         endpoint = self._pxe if reply.on_pxe_port else self._dhcp
         if endpoint is None:
             return  # closed while the offer waited
-        destination = (str(reply.destination.address), reply.destination.port)
-        error = endpoint.send(reply.wire, destination, reply.ifindex, reply.source)
+        error = endpoint.send(reply.wire, reply.address, reply.ifindex, reply.source)
         if error is not None:
             self._send_failed(reply, error)
             return

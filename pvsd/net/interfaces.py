@@ -199,6 +199,8 @@ class InterfaceTable:
         self._miss_at = -1e9
         self.read_failures = 0
         self.last_error: OSError | None = None
+        self.generation = 0
+        """Goes up each time a read finds the interfaces changed (for callers that cache)."""
 
     def refresh(self, now: float) -> OSError | None:
         """Read the table now; returns the error when the read failed (the old table stays)."""
@@ -209,8 +211,10 @@ class InterfaceTable:
             self.read_failures += 1
             self.last_error = error if isinstance(error, OSError) else OSError(0, f"rtnetlink: {error}")
             return self.last_error
-        self._interfaces = interfaces
-        self._host = frozenset(a.ip for i in interfaces.values() for a in i.addresses)
+        if interfaces != self._interfaces:
+            self.generation += 1
+            self._interfaces = interfaces
+            self._host = frozenset(a.ip for i in interfaces.values() for a in i.addresses)
         return None
 
     def get(self, index: int, now: float) -> Interface | None:

@@ -14,10 +14,11 @@ count and log a reply that never left.
 from __future__ import annotations
 
 import asyncio
+import functools
 import socket
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass
+from typing import NamedTuple
 
 __all__ = ["IN_PKTINFO", "IP_PKTINFO", "PacketInfo", "PktinfoEndpoint", "enable_pktinfo"]
 
@@ -29,10 +30,9 @@ _ANY = b"\0\0\0\0"
 Address = tuple[str, int]
 
 
-@dataclass(frozen=True)
-class PacketInfo:
+class PacketInfo(NamedTuple):
     """Where a datagram came in: the interface index, the local address the kernel would answer
-    from, and the destination address in its IP header."""
+    from, and the destination address in its IP header. (A tuple: one is made per datagram.)"""
 
     ifindex: int
     local: str
@@ -49,9 +49,15 @@ def enable_pktinfo(sock: socket.socket) -> None:
 def _packet_info(ancillary: list[tuple[int, int, bytes]]) -> PacketInfo | None:
     for level, kind, data in ancillary:
         if level == socket.IPPROTO_IP and kind == IP_PKTINFO and len(data) >= IN_PKTINFO.size:
-            ifindex, local, destination = IN_PKTINFO.unpack(data[: IN_PKTINFO.size])
-            return PacketInfo(ifindex, socket.inet_ntoa(local), socket.inet_ntoa(destination))
+            return _decode_pktinfo(data[: IN_PKTINFO.size])
     return None
+
+
+@functools.lru_cache(maxsize=1024)
+def _decode_pktinfo(raw: bytes) -> PacketInfo:
+    # A host has a handful of (interface, address) pairs: decode each once, not per datagram.
+    ifindex, local, destination = IN_PKTINFO.unpack(raw)
+    return PacketInfo(ifindex, socket.inet_ntoa(local), socket.inet_ntoa(destination))
 
 
 class PktinfoEndpoint:

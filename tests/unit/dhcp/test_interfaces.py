@@ -114,11 +114,14 @@ def test_the_table_is_read_again_when_old_or_asked_for_an_unknown_interface() ->
 
     table = InterfaceTable(max_age=5.0, read=read)
     assert table.refresh(0.0) is None and len(reads) == 1
+    assert table.generation == 1
     assert table.get(1, 1.0) is not None and len(reads) == 1  # fresh: no read
     assert table.get(2, 1.5) is not None and len(reads) == 2  # unknown: read again, found
+    assert table.generation == 2  # changed: callers drop what they cached
     assert table.get(9, 1.6) is None and len(reads) == 2  # unknown again within a second: no read
     assert table.get(9, 2.7) is None and len(reads) == 3
     assert table.get(1, 9.0) is not None and len(reads) == 4  # older than max_age
+    assert table.generation == 2  # read again, but nothing changed
     assert table.host_addresses == {IPv4Interface("127.0.0.1/8").ip, IPv4Interface("10.91.1.1/24").ip}
 
 
