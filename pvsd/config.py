@@ -313,6 +313,30 @@ def _interface(value: str) -> str | None:
     return None if len(value) < 16 and "/" not in value else f"{value!r} is not a network interface name"
 
 
+def _relay_list(value: str) -> list[str]:
+    return [entry for entry in re.split(r"[\s,]+", value) if entry]
+
+
+def _relays(value: str) -> str | None:
+    for entry in _relay_list(value):
+        try:
+            network = ipaddress.IPv4Network(entry)
+        except ValueError as error:
+            return (
+                f"{entry!r} is not an IPv4 address or network ({error}); "
+                "list addresses or networks separated by commas, e.g. 10.1.0.1, 10.2.0.0/16"
+            )
+        if network.prefixlen == 0:
+            return f"{entry!r} would answer any giaddr, which makes a reflector: list the relays' networks"
+        if (
+            network.is_multicast
+            or network.is_reserved
+            or network.overlaps(ipaddress.IPv4Network("0.0.0.0/8"))
+        ):
+            return f"{entry!r} cannot be a relay: it is multicast, reserved (240.0.0.0/4) or in 0.0.0.0/8"
+    return None
+
+
 @dataclass(frozen=True)
 class DhcpConfig:
     enabled: bool = _key(True, "answer PXE clients as a proxy DHCP server beside the site's DHCP server")
@@ -329,8 +353,19 @@ class DhcpConfig:
     per_mac_per_second: int = _key(5, "requests answered per MAC and second; the rest are dropped", _positive)
     queue: int = _key(1024, "requests waiting at most; past that a flood is dropped, not queued", _positive)
     script: str = _key("pvs.ipxe", "what iPXE is given (user class iPXE or option 175): the bootstrap script")
+    relays: str = _key(
+        "",
+        "relay agents answered (their giaddr), addresses or networks separated by commas; empty: any "
+        "relay on a subnet of the interface the request came in on",
+        _relays,
+    )
     bootfiles: BootfilesConfig = field(default_factory=BootfilesConfig)
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
+
+    @property
+    def relay_networks(self) -> tuple[ipaddress.IPv4Network, ...]:
+        """`relays` parsed (checked when the config was loaded)."""
+        return tuple(ipaddress.IPv4Network(entry) for entry in _relay_list(self.relays))
 
 
 def _affinity(value: str) -> str | None:

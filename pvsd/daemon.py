@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import ipaddress
 import signal
 from collections.abc import Callable
 from pathlib import Path
@@ -214,8 +216,21 @@ async def _start_tftp(
 
 
 async def _start_dhcp(config: Config, devices: DeviceView, log: structlog.stdlib.BoundLogger) -> Service:
-    policy = boot_policy(config.dhcp, config.server.address)
-    server = DhcpServer(config.dhcp, policy, config.server.bind, devices.is_known, log)
+    loopback = "lo"  # Linux names the loopback device lo in every network namespace
+    dhcp = config.dhcp
+    if ipaddress.IPv4Address(config.server.address).is_loopback and not dhcp.interface and not dhcp.bind:
+        # Only this host can reach a loopback address: serving the LAN would offer it to clients
+        # that cannot use it (the policy refuses those anyway). Until [server] address is set,
+        # proxy DHCP listens on loopback alone, which is what every other service does too.
+        dhcp = dataclasses.replace(dhcp, interface=loopback)
+        log.warning(
+            "proxy DHCP serves loopback only: [server] address is a loopback address",
+            address=config.server.address,
+            interface=loopback,
+            hint="set [server] address to this host's address on the boot network",
+        )
+    policy = boot_policy(dhcp, config.server.address)
+    server = DhcpServer(dhcp, policy, config.server.bind, devices.is_known, log)
     try:
         await server.start()
     except OSError as error:

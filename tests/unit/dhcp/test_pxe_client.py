@@ -10,13 +10,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from pvsd.dhcp.codec import MessageType, Op, Option, decode, encode
-from pvsd.dhcp.policy import ArchFamily, BootPolicy, decide
+from pvsd.dhcp.policy import ArchFamily, Arrival, BootPolicy, decide
 from pvsd.dhcp.pxe_client import VENDOR_CLASS, ProxyOffer, discover_packet, proxy_offer
 
 MAC = "52:54:00:12:34:56"
 XID = 0x1234ABCD
 SERVER = ipaddress.IPv4Address("10.77.0.11")
 POLICY = BootPolicy(server=SERVER, bootfiles={ArchFamily.BIOS: "undionly.kpxe"}, strategies={})
+# The agent's DISCOVER, broadcast from 0.0.0.0:68 on the server's LAN
+ARRIVAL = Arrival((ipaddress.IPv4Address(0), 68), subnets=(ipaddress.IPv4Interface("10.77.0.11/24"),))
 
 
 def test_the_discover_is_a_bios_pxe_roms() -> None:
@@ -32,13 +34,13 @@ def test_the_discover_is_a_bios_pxe_roms() -> None:
 
 
 def test_pvsds_answer_to_it_is_read_as_the_proxy_offer() -> None:
-    decision = decide(decode(discover_packet(MAC, XID)), False, lambda mac: True, POLICY)
+    decision = decide(decode(discover_packet(MAC, XID)), ARRIVAL, lambda mac: True, POLICY)
     assert decision.reply is not None
     assert proxy_offer(encode(decision.reply), MAC, XID) == ProxyOffer(SERVER, "undionly.kpxe")
 
 
 def test_other_answers_are_not_proxy_offers() -> None:
-    reply = decide(decode(discover_packet(MAC, XID)), False, lambda mac: True, POLICY).reply
+    reply = decide(decode(discover_packet(MAC, XID)), ARRIVAL, lambda mac: True, POLICY).reply
     assert reply is not None
     site_offer = dataclasses.replace(
         reply,
