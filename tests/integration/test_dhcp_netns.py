@@ -24,8 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import structlog
-from structlog.testing import CapturingLogger
 from support.dhcp_captures import IPXE_BIOS_DISCOVER, IPXE_BIOS_REQUEST_4011
 from support.dhcp_hostile import (
     ACK,
@@ -40,6 +38,7 @@ from support.dhcp_hostile import (
 from support.dhcp_hostile import (
     Link as RuleLink,
 )
+from support.log_events import Events
 from support.netns import (
     CLIENT_1,
     GATEWAY_1,
@@ -61,22 +60,6 @@ PXE_PORT = 4011
 VICTIM = "10.91.1.77"  # another host on network 1 (client 1 answers for it, so frames to it are seen)
 OFF_LINK = "192.0.2.9"  # beyond the router: reached through GATEWAY_1
 QUIET_S = 1.0  # how long "nothing arrives" is watched for
-
-
-class Events:
-    """What a DhcpServer logged, as event dicts (a structlog logger that keeps its calls)."""
-
-    def __init__(self) -> None:
-        self.capture = CapturingLogger()
-        self.logger: Any = structlog.wrap_logger(
-            self.capture, processors=[], wrapper_class=structlog.BoundLogger, context_class=dict
-        )
-
-    def named(self, event: str) -> list[dict[str, Any]]:
-        return [call.kwargs for call in self.capture.calls if call.kwargs.get("event") == event]
-
-    def all(self) -> list[dict[str, Any]]:
-        return [dict(call.kwargs, level=call.method_name) for call in self.capture.calls]
 
 
 def in_process(lab: TwoNetworks, address: str, events: Events, **keys: Any) -> ServerThread:

@@ -6,12 +6,10 @@ from __future__ import annotations
 import asyncio
 import errno
 import socket
-from typing import Any
 
-import structlog
-from structlog.testing import CapturingLogger
 from support.dhcp_captures import IPXE_BIOS_DISCOVER, IPXE_BIOS_REQUEST_4011
 from support.dhcp_hostile import ACK, BOOTREPLY, OFFER, packet
+from support.log_events import Events
 
 from pvsd.config import DhcpConfig
 from pvsd.dhcp.codec import MessageType, decode
@@ -66,17 +64,6 @@ def test_the_endpoint_learns_the_interface_and_answers_out_of_it() -> None:
     assert info == PacketInfo(socket.if_nametoindex("lo"), ADDRESS, ADDRESS)
     assert answer == b"pong" and source[0] == ADDRESS
     assert bogus is not None
-
-
-class Events:
-    def __init__(self) -> None:
-        self.capture = CapturingLogger()
-        self.logger: Any = structlog.wrap_logger(
-            self.capture, processors=[], wrapper_class=structlog.BoundLogger, context_class=dict
-        )
-
-    def named(self, event: str) -> list[dict[str, Any]]:
-        return [call.kwargs for call in self.capture.calls if call.kwargs.get("event") == event]
 
 
 def _with_ciaddr(datagram: bytes, ciaddr: str) -> bytes:
