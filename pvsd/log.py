@@ -26,8 +26,11 @@ def logging_settings() -> tuple[str, str]:
     return _settings
 
 
-def configure_logging(level: str = "info", fmt: str = "auto", stream: TextIO | None = None) -> None:
-    """Set up structlog once per process. `fmt` "auto" means console on a tty, else JSON."""
+def configure_logging(
+    level: str = "info", fmt: str = "auto", stream: TextIO | None = None, colors: bool | None = None
+) -> None:
+    """Set up structlog once per process. `fmt` "auto" means console on a tty, else JSON; console
+    lines are coloured on a tty unless `colors` says otherwise."""
     global _settings
     out = stream or sys.stderr
     if fmt == "auto":
@@ -35,7 +38,7 @@ def configure_logging(level: str = "info", fmt: str = "auto", stream: TextIO | N
     _settings = (level, fmt)
     renderer: Any
     if fmt == "console":
-        renderer = structlog.dev.ConsoleRenderer(colors=out.isatty())
+        renderer = structlog.dev.ConsoleRenderer(colors=out.isatty() if colors is None else colors)
     else:
         renderer = structlog.processors.JSONRenderer()
     structlog.configure(

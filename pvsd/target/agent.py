@@ -35,7 +35,7 @@ from pvsd.target.nbd import NbdServer
 from pvsd.target.nbd_codec import Errno, NbdError
 from pvsd.vdisk.cache import CacheFull, WriteCache
 
-__all__ = ["AgentStatus", "StreamedDisk", "run_agent"]
+__all__ = ["AgentStatus", "StreamedDisk", "device_cache", "mode_text", "run_agent"]
 
 STATUS_INTERVAL_S = 0.5
 LOG_STATUS_EVERY_S = 10.0
@@ -129,7 +129,23 @@ class AgentStatus:
     updated: float = 0.0
 
 
-def _mode(reply: LoginReply) -> str:
+def device_cache(reply: LoginReply, config: TargetConfig, overflow: Path | None) -> WriteCache | None:
+    """The write cache a standard vDisk with the cache on the device gets (else None): RAM, then
+    `overflow` (a sparse file) up to [target] cache_max_mb."""
+    if reply.private or reply.cache_type != CacheType.DEVICE_RAM_DISK:
+        return None
+    if overflow is not None:
+        overflow.parent.mkdir(parents=True, exist_ok=True)
+    return WriteCache(
+        disk_size=reply.disk_size,
+        sector_size=reply.sector_size,
+        ram_bytes=config.cache_ram_mb << 20,
+        max_bytes=max(config.cache_ram_mb, config.cache_max_mb) << 20,
+        overflow_path=overflow,
+    )
+
+
+def mode_text(reply: LoginReply) -> str:
     if reply.private:
         return "private"
     return (
@@ -156,23 +172,13 @@ async def run_agent(
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stopping.set)
     reply = await client.connect()
-    cache: WriteCache | None = None
-    if not reply.private and reply.cache_type == CacheType.DEVICE_RAM_DISK:
-        overflow = (
-            Path(config.cache_dir) / f"{client.mac.replace(':', '-')}.cache" if config.cache_max_mb else None
-        )
-        if overflow is not None:
-            overflow.parent.mkdir(parents=True, exist_ok=True)
-        cache = WriteCache(
-            disk_size=reply.disk_size,
-            sector_size=reply.sector_size,
-            ram_bytes=config.cache_ram_mb << 20,
-            max_bytes=max(config.cache_ram_mb, config.cache_max_mb) << 20,
-            overflow_path=overflow,
-        )
+    overflow = None
+    if config.cache_max_mb:
+        overflow = Path(config.cache_dir) / f"{client.mac.replace(':', '-')}.cache"
+    cache = device_cache(reply, config, overflow)
     disk = StreamedDisk(client, cache, log)
     server = NbdServer(disk, export)
-    status = AgentStatus(mac=client.mac, pid=os.getpid(), disk_size=reply.disk_size, mode=_mode(reply))
+    status = AgentStatus(mac=client.mac, pid=os.getpid(), disk_size=reply.disk_size, mode=mode_text(reply))
     try:
         if nbd_unix is not None:
             await server.start_unix(str(nbd_unix))

@@ -18,6 +18,7 @@ import contextlib
 import errno
 import logging
 import os
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -174,13 +175,17 @@ class _Connection:
         # Decided once: with the per-request line off, a request costs no clock read or log call.
         self.trace = self.log.is_enabled_for(logging.DEBUG)
 
-    async def serve(self) -> None:
+    async def serve(self, handshake: bool = True) -> None:
+        """Serve until the client leaves. Without `handshake` the connection starts in the
+        transmission phase, as the kernel's NBD driver expects of the socket it is given."""
         self.log.info("nbd connection open", export=self.server.export.name)
         reason = "client closed"
         try:
-            negotiation = Negotiation(self.server.export)
-            async with asyncio.timeout(self.server.handshake_timeout):
-                phase = await self._handshake(negotiation)
+            phase = Phase.TRANSMISSION
+            if handshake:
+                negotiation = Negotiation(self.server.export)
+                async with asyncio.timeout(self.server.handshake_timeout):
+                    phase = await self._handshake(negotiation)
             if phase == Phase.TRANSMISSION:
                 reason = await self._transmission()
             else:
@@ -401,15 +406,23 @@ class NbdServer:
         self._unix_paths.append(Path(path))
         _log.info("nbd listening", address=os.fspath(path), export=self.export.name)
 
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _accept(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, handshake: bool = True
+    ) -> None:
         task = asyncio.current_task()
         if task is None:
             raise Misuse("an NBD connection is served outside a task")
         self._connections.add(task)
         try:
-            await _Connection(self, reader, writer).serve()
+            await _Connection(self, reader, writer).serve(handshake)
         finally:
             self._connections.discard(task)
+
+    async def serve_transmission(self, sock: socket.socket) -> None:
+        """Serve requests on a connected socket with no handshake (the kernel driver's end of
+        a socketpair, see kernel_nbd), until it closes."""
+        reader, writer = await asyncio.open_connection(sock=sock)
+        await self._accept(reader, writer, handshake=False)
 
     async def close(self) -> None:
         """Stop listening and drop every client after its requests in flight are answered."""

@@ -44,6 +44,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pvsd.boot.cpio import CpioWriter
+
 BUSYBOX = Path("/bin/busybox")
 QEMU = "qemu-system-x86_64"
 
@@ -146,38 +148,6 @@ def require_guest_tools(bios: bool = False) -> None:
 # -- initramfs ---------------------------------------------------------------------------------
 
 
-class _Cpio:
-    """A newc ("070701") cpio archive, the format the kernel unpacks as an initramfs."""
-
-    def __init__(self) -> None:
-        self._parts: list[bytes] = []
-        self._ino = 1
-
-    def _entry(self, name: str, mode: int, data: bytes = b"", rdev: tuple[int, int] = (0, 0)) -> None:
-        encoded = name.encode() + b"\0"
-        fields = (self._ino, mode, 0, 0, 1, 0, len(data), 0, 0, rdev[0], rdev[1], len(encoded), 0)
-        self._ino += 1
-        header = b"070701" + b"".join(b"%08X" % v for v in fields)
-        self._parts.append(header + encoded + b"\0" * (-(len(header) + len(encoded)) % 4))
-        self._parts.append(data + b"\0" * (-len(data) % 4))
-
-    def directory(self, name: str) -> None:
-        self._entry(name, 0o040755)
-
-    def file(self, name: str, data: bytes, mode: int = 0o644) -> None:
-        self._entry(name, 0o100000 | mode, data)
-
-    def symlink(self, name: str, target: str) -> None:
-        self._entry(name, 0o120777, target.encode())
-
-    def chardev(self, name: str, major: int, minor: int, mode: int = 0o600) -> None:
-        self._entry(name, 0o020000 | mode, rdev=(major, minor))
-
-    def finish(self) -> bytes:
-        self._entry("TRAILER!!!", 0)
-        return b"".join(self._parts)
-
-
 def _find_module(modules: Path, name: str) -> Path | None:
     """The module file for `name` per modules.dep (plain, .xz or .zst), or None if built in."""
     for line in (modules / "modules.dep").read_text().splitlines():
@@ -239,7 +209,7 @@ def build_initramfs(out: Path) -> Path:
     """
     require_guest_tools()
     modules = _modules_dir(kernel())
-    archive = _Cpio()
+    archive = CpioWriter()
     for d in (
         "bin",
         "sbin",
@@ -331,6 +301,7 @@ def build_rootfs(
     seed: int = 1,
     *,
     init_sh: str | None = None,
+    linux: bool = False,
 ) -> RootImage:
     """An ext4 image (whole disk, no partition table) made with `mke2fs -d`, so no mount.
 
@@ -363,6 +334,8 @@ def build_rootfs(
         )
         (root / "init.sh").write_text(script)
         (root / "init.sh").chmod(0o755)
+        if linux:
+            _add_linux_boot(root)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.unlink(missing_ok=True)
         subprocess.run(
@@ -383,6 +356,46 @@ def build_rootfs(
             capture_output=True,
         )
     return RootImage(out, hashlib.sha256(payload).hexdigest(), write_size, expected_write)
+
+
+# What the diskless chain needs of the image's own /lib/modules (pvsd's overlay loads them), and
+# what a distribution image has besides: the guest's kernel finds its modules where Debian puts them.
+DISKLESS_MODULES = ("virtio_pci", "virtio_net", "e1000", "nbd", "crc32c_generic", "ext4")
+
+
+def _module_closure(modules: Path, names: Sequence[str]) -> list[Path]:
+    dep: dict[str, tuple[str, list[str]]] = {}
+    for line in (modules / "modules.dep").read_text().splitlines():
+        path, _, deps = line.partition(":")
+        dep[Path(path).name.split(".ko", 1)[0].replace("-", "_")] = (path, deps.split())
+    wanted: list[str] = []
+    pending = [n for n in names if n in dep]
+    while pending:
+        path, deps = dep[pending.pop()]
+        if path not in wanted:
+            wanted.append(path)
+            pending += [Path(d).name.split(".ko", 1)[0].replace("-", "_") for d in deps]
+    return [Path(p) for p in wanted]
+
+
+def _add_linux_boot(root: Path) -> None:
+    """The layout of a distribution image: /boot/vmlinuz-VERSION, /lib/modules/VERSION (a subset
+    of Debian's, indexed by `depmod -b`) and /sbin/init (here the test's /init.sh)."""
+    vmlinuz = kernel()
+    version = vmlinuz.name.removeprefix("vmlinuz-")
+    (root / "boot").mkdir(exist_ok=True)
+    shutil.copy2(vmlinuz, root / "boot" / vmlinuz.name)
+    source = _modules_dir(vmlinuz)
+    target = root / "lib" / "modules" / version
+    for relative in _module_closure(source, (*DISKLESS_MODULES, *MODULES)):
+        (target / relative).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(source / relative, target / relative)
+    for index in ("modules.builtin", "modules.builtin.modinfo", "modules.order"):
+        if (source / index).exists():
+            shutil.copy2(source / index, target / index)
+    subprocess.run(["depmod", "-b", str(root), version], check=True, capture_output=True)
+    (root / "sbin" / "init").unlink(missing_ok=True)
+    (root / "sbin" / "init").symlink_to("/init.sh")
 
 
 def image_file_sha256(image: Path, inner: str) -> str:

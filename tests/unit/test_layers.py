@@ -34,6 +34,9 @@ PURE = {
     "pvsd.boot.ipxe",
     "pvsd.lograte",
     "pvsd.farm.heartbeats",
+    "pvsd.boot.cpio",
+    "pvsd.boot.guest_init",
+    "pvsd.target.cmdline",
 }
 # Plain data and its checks: what a pure module may use of pvsd besides other pure modules.
 DATA = {"pvsd.errors", "pvsd.names", "pvsd.units", "pvsd.config", "pvsd.farm.records"}

@@ -1,0 +1,101 @@
+"""Attaching an NBD export to the kernel's NBD driver (`/dev/nbdN`), inside a diskless guest.
+
+The driver speaks only the transmission phase of the protocol: whoever sets it up has done
+the handshake, or, as here, there is none. pvsd's agent keeps one end of a socketpair and hands
+the other to the driver with the ioctls of <linux/nbd.h>; `NBD_DO_IT` then blocks in a thread
+for as long as the device is attached. The driver never sees the network, so a server that
+dies under the guest costs latency (the agent fails over underneath), never an I/O error.
+
+No NBD_SET_TIMEOUT is set: with none, the 6.1 driver logs a "possible stuck request" and waits
+instead of failing a request that takes long, which is what a failover needs.
+"""
+
+from __future__ import annotations
+
+import enum
+import fcntl
+import os
+import socket
+import threading
+from pathlib import Path
+
+from pvsd.errors import Failure
+from pvsd.target.nbd_codec import TransmissionFlag
+
+__all__ = ["KernelNbd", "NbdIoctl"]
+
+
+class NbdIoctl(enum.IntEnum):
+    """_IO(0xab, n) from <linux/nbd.h>."""
+
+    SET_SOCK = 0xAB00
+    SET_BLKSIZE = 0xAB01
+    DO_IT = 0xAB03
+    CLEAR_SOCK = 0xAB04
+    CLEAR_QUE = 0xAB05
+    SET_SIZE_BLOCKS = 0xAB07
+    DISCONNECT = 0xAB08
+    SET_FLAGS = 0xAB0A
+
+
+class KernelNbd:
+    """One `/dev/nbdN` bound to the driver's end of a socketpair; the agent serves the other end."""
+
+    def __init__(self, device: Path, size: int, block_size: int, flags: TransmissionFlag) -> None:
+        if size % block_size:
+            raise Failure(f"the vDisk's size {size} is not a multiple of its {block_size}-byte sectors")
+        self.device = device
+        self.size = size
+        self.block_size = block_size
+        self.flags = flags
+        self._fd: int | None = None
+        self._thread: threading.Thread | None = None
+        self.ended: BaseException | None = None
+        self.done = threading.Event()
+
+    def attach(self) -> socket.socket:
+        """Set the device up and start NBD_DO_IT; returns the agent's end of the socketpair."""
+        try:
+            fd = os.open(self.device, os.O_RDWR)
+        except OSError as error:
+            hint = "is the nbd module loaded?"
+            raise Failure(f"cannot open {self.device}: {error.strerror} ({hint})") from None
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            fcntl.ioctl(fd, NbdIoctl.CLEAR_SOCK)
+            fcntl.ioctl(fd, NbdIoctl.SET_BLKSIZE, self.block_size)
+            fcntl.ioctl(fd, NbdIoctl.SET_SIZE_BLOCKS, self.size // self.block_size)
+            fcntl.ioctl(fd, NbdIoctl.SET_FLAGS, int(self.flags))
+            fcntl.ioctl(fd, NbdIoctl.SET_SOCK, theirs.fileno())
+        except OSError as error:
+            os.close(fd)
+            ours.close()
+            theirs.close()
+            raise Failure(f"cannot attach {self.device}: {error.strerror}") from None
+        self._fd = fd
+
+        def run() -> None:
+            try:
+                fcntl.ioctl(fd, NbdIoctl.DO_IT)  # blocks until the device is disconnected
+            except OSError as error:
+                self.ended = error
+            finally:
+                theirs.close()
+                self.done.set()
+
+        self._thread = threading.Thread(target=run, name=f"nbd-do-it-{self.device.name}", daemon=True)
+        self._thread.start()
+        return ours
+
+    def detach(self) -> None:
+        """Ask the driver to disconnect (the guest is going down); NBD_DO_IT then returns."""
+        if self._fd is None:
+            return
+        try:
+            fcntl.ioctl(self._fd, NbdIoctl.DISCONNECT)
+            fcntl.ioctl(self._fd, NbdIoctl.CLEAR_SOCK)
+        except OSError:
+            pass  # already gone: nothing to undo
+        self.done.wait(5)
+        os.close(self._fd)
+        self._fd = None
