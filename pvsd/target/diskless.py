@@ -47,6 +47,7 @@ __all__ = ["main", "run"]
 NBD_DEVICE = Path("/dev/nbd0")
 RETRY_S = (1.0, 2.0, 5.0, 10.0)  # between login rounds when no server answers; the last repeats
 STATUS_EVERY_S = 300.0
+FAILOVER_ROUNDS = 1 << 30  # about forever: each round asks every server, 5 s each
 
 
 async def _login(
@@ -59,6 +60,9 @@ async def _login(
         client = StreamClient(settings.mac, list(settings.servers), config, log)
         try:
             await client.connect()
+            # From now on a failover keeps trying for as long as it takes: the guest's root
+            # depends on it, and any wait is better than an I/O error.
+            client.login_rounds = FAILOVER_ROUNDS
             return client
         except PvsdError as error:
             await client.close()

@@ -40,7 +40,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -448,11 +448,17 @@ def _accel() -> list[str]:
 
 
 def _run_qemu(
-    args: list[str], timeout: float, stop: tuple[str, ...], grace: float = 0
+    args: list[str],
+    timeout: float,
+    stop: tuple[str, ...],
+    grace: float = 0,
+    on_line: Callable[[str], None] | None = None,
 ) -> tuple[str, float, str | None]:
     """Run QEMU until a line contains one of `stop` or `timeout`; always kill it after.
 
     After the stop line QEMU gets `grace` seconds to exit by itself (a guest's poweroff).
+    `on_line` sees each console line as it comes (from the reader thread), e.g. to kill a server
+    at a given point of the boot.
 
     Returns the console text, the seconds to the stop line (or to the end), and that line.
     """
@@ -474,6 +480,8 @@ def _run_qemu(
         for raw in proc.stdout:
             line = raw.decode(errors="replace").replace("\r", "").rstrip("\n")
             lines.append(line)
+            if on_line is not None:
+                on_line(line)
             if not hit and any(m in line for m in stop):
                 hit.append((line, time.monotonic() - start))
                 seen.set()
@@ -542,7 +550,11 @@ def boot_guest(
         "none",
         *extra,
     ]
-    console, seconds, line = _run_qemu(args, timeout, (DONE_MARKER, FAIL_MARKER), grace=5)
+    return guest_run(*_run_qemu(args, timeout, (DONE_MARKER, FAIL_MARKER), grace=5), timeout)
+
+
+def guest_run(console: str, seconds: float, line: str | None, timeout: float) -> GuestRun:
+    """What a guest run printed, read for the markers and sums of `_INIT_SH`."""
     run = GuestRun(console=console, seconds=seconds)
     run.done = line is not None and DONE_MARKER in line
     if line is not None and FAIL_MARKER in line:

@@ -1,0 +1,114 @@
+"""Diskless guests: a VM with no disk runs its Linux vDisk through pvsd's agent inside the guest.
+
+A lab (namespaces, dnsmasq as the site DHCP, two pvsd servers sharing one farm and store), a
+Linux image the test builds (Debian's kernel in /boot, a subset of its modules, busybox, and a
+/sbin/init that reads a 64 MiB payload, writes 16 MiB, drops caches and prints both sums), and
+a QEMU guest whose only storage is what the agent streams. The serving server is SIGKILLed
+while the OS reads: the OS must finish with both sums right and no I/O error in its kernel log.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from support import guest, needs
+from support.diskless import ATTACHED_MARKER, DisklessFarm, boot_direct, host_agent_overlay
+
+from pvsd.lab.lab import Lab
+
+pytestmark = pytest.mark.timeout(420)
+
+MAC = "52:54:00:d1:00:01"
+BOOT_TIMEOUT_S = 240.0
+SERVERS = "10.77.0.11:6910,10.77.0.12:6910"
+
+
+def _require() -> None:
+    needs.root("network namespaces and tap devices")
+    if not Path("/dev/net/tun").exists():
+        needs.unavailable("needs /dev/net/tun")
+    needs.tools(("qemu-system-x86_64", "qemu-system-x86"), ("dnsmasq", "dnsmasq-base"), ("depmod", "kmod"))
+    guest.require_guest_tools()
+
+
+@pytest.fixture(scope="module")
+def overlay(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    _require()
+    return host_agent_overlay(tmp_path_factory.mktemp("overlay") / "pvsd-agent.cpio.gz")
+
+
+@pytest.fixture(scope="module")
+def image(tmp_path_factory: pytest.TempPathFactory) -> guest.RootImage:
+    _require()
+    return guest.build_rootfs(tmp_path_factory.mktemp("image") / "linux.img", linux=True)
+
+
+def _farm(tmp_path: Path, image: guest.RootImage, mode: str) -> Iterator[DisklessFarm]:
+    lab = Lab(tmp_path / "lab", say=print)
+    try:
+        lab.up(servers=2)
+        env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith("PVSD_")},
+            "PVSD_FARM__DATABASE": lab.database,
+            "PVSD_SERVER__STORE": str(lab.state / "store"),
+        }
+        farm = DisklessFarm(lab, env, image)
+        farm.pvsd("vdisk", "import", "linux", str(image.path), "--mode", mode, "--quiet")
+        farm.pvsd("device", "add", MAC, "--name", "diskless1", "--vdisk", "linux")
+        yield farm
+    finally:
+        lab.down(keep_state=True)
+
+
+@pytest.fixture
+def farm(tmp_path: Path, image: guest.RootImage) -> Iterator[DisklessFarm]:
+    _require()
+    yield from _farm(tmp_path, image, "standard")
+
+
+def _append(extra: str = "") -> str:
+    return (
+        f"console=ttyS0 panic=-1 pvsd.mac={MAC} pvsd.servers={SERVERS} pvsd.onfail=poweroff {extra}".strip()
+    )
+
+
+def _serving(console: str) -> str:
+    for line in console.splitlines():
+        if ATTACHED_MARKER in line:
+            return "pvs1" if '"server": "pvs1"' in line else "pvs2"
+    raise AssertionError("the agent never attached the vDisk:\n" + console[-3000:])
+
+
+def test_a_diskless_guest_runs_its_os_from_the_streamed_vdisk(
+    farm: DisklessFarm, overlay: Path, image: guest.RootImage
+) -> None:
+    run = boot_direct(farm.lab, MAC, overlay, _append(), BOOT_TIMEOUT_S)
+    print(f"diskless guest: done after {run.seconds:.1f} s")
+    assert run.problems(image) == [], run.console[-4000:]
+    assert "switch_root to /sbin/init" in run.console
+
+
+def test_the_os_keeps_running_when_its_server_is_killed_while_it_reads(
+    farm: DisklessFarm, overlay: Path, image: guest.RootImage
+) -> None:
+    """SIGKILL the serving server as the OS starts reading its 64 MiB file: the agent logs in
+    to the other server with its ticket, and the OS sees latency, not an I/O error."""
+    killed: list[str] = []
+    attached: list[str] = []
+
+    def on_line(line: str) -> None:
+        if ATTACHED_MARKER in line:
+            attached.append(line)
+        if "GUEST-INIT: root is" in line and not killed and attached:
+            name = _serving(attached[0])
+            killed.append(name)
+            threading.Thread(target=farm.lab.kill, args=(name,), daemon=True).start()
+
+    run = boot_direct(farm.lab, MAC, overlay, _append(), BOOT_TIMEOUT_S, on_line=on_line)
+    assert killed, run.console[-3000:]
+    assert run.problems(image) == [], run.console[-4000:]
+    assert "failed over" in run.console, run.console[-3000:]

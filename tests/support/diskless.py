@@ -1,0 +1,98 @@
+"""Booting diskless QEMU guests on a lab (pvsd/lab): the image, the farm records, and the run.
+
+The guest has no disk at all: an e1000 on the lab's bridge, the Linux image's own kernel, and
+pvsd's agent overlay as the initramfs. The agent logs in to the lab's servers, attaches the
+vDisk to /dev/nbd0 and switch_roots into the image, whose /sbin/init is the test's
+`_INIT_SH` (support/guest.py): read the payload, write 16 MiB, print both sums, power off.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from pvsd.boot.agent_initramfs import AgentModule, build_agent_initramfs
+from pvsd.lab import network
+from pvsd.lab.lab import Lab
+from support import guest
+
+ATTACHED_MARKER = "pvsd-init: vDisk attached"
+
+
+@dataclass(frozen=True)
+class DisklessFarm:
+    lab: Lab
+    env: dict[str, str]
+    image: guest.RootImage
+
+    def pvsd(self, *argv: str) -> subprocess.CompletedProcess[str]:
+        done = subprocess.run(
+            [sys.executable, "-m", "pvsd", *argv], env=self.env, capture_output=True, text=True, timeout=120
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+        return done
+
+
+def host_agent_overlay(out: Path) -> Path:
+    """The agent overlay with the modules of the installed Debian kernel, the same files the
+    test image carries in its /lib/modules (support/guest.py copies them from there)."""
+    vmlinuz = guest.kernel()
+    version = vmlinuz.name.removeprefix("vmlinuz-")
+    modules = Path("/lib/modules") / version
+    ordered = list(reversed(guest._module_closure(modules, guest.DISKLESS_MODULES)))
+    build_agent_initramfs(
+        out,
+        version,
+        [
+            AgentModule(path.name.split(".ko", 1)[0].replace("-", "_"), (modules / path).read_bytes())
+            for path in ordered
+        ],
+    )
+    return out
+
+
+def boot_direct(
+    lab: Lab,
+    mac: str,
+    initrd: Path,
+    append: str,
+    timeout: float,
+    on_line: Callable[[str], None] | None = None,
+    memory_mib: int = 768,
+) -> guest.GuestRun:
+    """Boot the kernel and overlay straight from QEMU (no firmware, no iPXE) on the lab's
+    bridge; the agent does everything from the login on."""
+    tap = "t" + mac.replace(":", "")[-8:]
+    network.add_tap(lab.bridge_ns, tap, "br0")
+    try:
+        argv = [
+            "ip",
+            "netns",
+            "exec",
+            lab.bridge_ns,
+            guest.QEMU,
+            "-nographic",
+            "-no-reboot",
+            "-accel",
+            "tcg",
+            "-m",
+            str(memory_mib),
+            "-kernel",
+            str(guest.kernel()),
+            "-initrd",
+            str(initrd),
+            "-append",
+            append,
+            "-netdev",
+            f"tap,id=n0,ifname={tap},script=no,downscript=no",
+            "-device",
+            f"e1000,netdev=n0,mac={mac}",
+        ]
+        stops = (guest.DONE_MARKER, guest.FAIL_MARKER, "pvsd-init: FAILED")
+        console, seconds, line = guest._run_qemu(argv, timeout, stops, grace=5, on_line=on_line)
+        return guest.guest_run(console, seconds, line, timeout)
+    finally:
+        network.delete_link(lab.bridge_ns, tap)
