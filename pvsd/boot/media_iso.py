@@ -1,10 +1,12 @@
 """Writing the boot media ISO with xorriso, without root: ISOLINUX boots Debian's `ipxe.lkrn`
 with the media script as its INITRD, which iPXE runs as an embedded script (DESIGN.md 5).
 
-BIOS only. Debian's ipxe.efi (1.0.0+git-20190125) has no embedded script and no
-`autoexec.ipxe` support (the string is absent from the binary, and OVMF booting it from an El
-Torito EFI image with autoexec.ipxe beside it runs iPXE's own DHCP autoboot, never the file),
-so a UEFI-only machine must use its CSM, or PXE/HTTP boot.
+BIOS only. Debian's ipxe.efi (1.0.0+git-20190125, iPXE commit 36a4c85) has no embedded
+script and predates both ways of handing it one: `/autoexec.ipxe` from the boot filesystem
+(iPXE a3f1e8fb6, 2021-01) and a script on the command line via LoadOptions (4bb521a8c, 2023-01),
+so a boot loader chaining it (GRUB) cannot pass one either. OVMF booting it from an El Torito
+EFI image with autoexec.ipxe beside it runs iPXE's own DHCP autoboot, never the file. A
+UEFI-only machine needs its CSM, or PXE / UEFI HTTP boot.
 
 Reproducible: every file and volume date is SOURCE_DATE_EPOCH, so the same farm gives the
 same bytes, and the file is written whole or not at all.
