@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from pvsd import __version__
-from pvsd.cli import bootstrap, config, device, farm, lab, server, session, site, target, vdisk
+from pvsd.cli import bootstrap, config, device, farm, lab, media, server, session, site, target, vdisk
 from pvsd.cli.common import Commands, Handler
 from pvsd.config import load_config
 from pvsd.errors import PvsdError
@@ -23,7 +23,7 @@ from pvsd.log import LOG_FORMATS, configure_logging
 __all__ = ["build_parser", "main"]
 
 # In the order `pvsd --help` lists them.
-NOUNS = (server, farm, site, device, vdisk, session, bootstrap, config, target, lab)
+NOUNS = (server, farm, site, device, vdisk, session, bootstrap, media, config, target, lab)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

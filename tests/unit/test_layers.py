@@ -32,6 +32,7 @@ PURE = {
     "pvsd.target.nbd_codec",
     "pvsd.boot.bootstrap",
     "pvsd.boot.ipxe",
+    "pvsd.boot.media",
     "pvsd.lograte",
     "pvsd.farm.heartbeats",
     "pvsd.boot.cpio",
