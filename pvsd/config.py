@@ -275,7 +275,15 @@ class BootConfig:
     script: str = _key(
         "",
         "template file of the per-device iPXE script ({{name}} {{mac}} {{vdisk}} {{type}} {{enabled}} "
-        "{{site}}); empty: print the device and exit",
+        "{{site}}); empty: pvsd's own, which boots the device's vDisk diskless",
+    )
+    cmdline: str = _key(
+        "console=tty0 console=ttyS0,115200n8",
+        "kernel command line of every diskless boot, before the version's own (vdisk import --cmdline); "
+        "the default shows the console on the screen and on the first serial port",
+    )
+    cache_dir: str = _key(
+        "var/boot", "where this server keeps the agent overlays and boot media it builds (made again if gone)"
     )
 
 

@@ -11,7 +11,7 @@ import contextlib
 from collections.abc import Callable
 
 from pvsd.farm.errors import StoreUnavailable
-from pvsd.farm.records import Device
+from pvsd.farm.records import Device, VDisk
 from pvsd.farm.store import FarmStore
 
 __all__ = ["DeviceView"]
@@ -22,6 +22,8 @@ class DeviceView:
         self.store = store
         self.interval = interval
         self.devices: dict[str, Device] = {}
+        self.vdisks: dict[str, VDisk] = {}
+        """The vDisks with their versions, as read with the devices: what their scripts boot."""
         self.watchers: list[Callable[[list[Device]], None]] = []
         """Called with every device after each successful read."""
         self._task: asyncio.Task[None] | None = None
@@ -39,8 +41,10 @@ class DeviceView:
     async def refresh(self) -> None:
         try:
             devices = await asyncio.to_thread(self.store.list_devices)
+            vdisks = await asyncio.to_thread(self.store.list_vdisks)
         except StoreUnavailable:
             return  # keep what we knew: the heartbeat logs the outage
+        self.vdisks = {vdisk.name: vdisk for vdisk in vdisks}
         self.devices = {device.mac: device for device in devices}
         for watcher in self.watchers:
             watcher(devices)
