@@ -282,6 +282,12 @@ class BootConfig:
         "kernel command line of every diskless boot, before the version's own (vdisk import --cmdline); "
         "the default shows the console on the screen and on the first serial port",
     )
+    download_timeout_ms: int = _key(
+        10000,
+        "device script: how long iPXE gives one server for the kernel or an initramfs before the next; "
+        "a stopped server fails at once, a host that is down costs this long",
+        _positive,
+    )
     cache_dir: str = _key(
         "var/boot", "where this server keeps the agent overlays and boot media it builds (made again if gone)"
     )

@@ -168,7 +168,7 @@ def diskless_script(
     this: Server,
     servers: Iterable[Server],
     dead_after: float,
-    settings: BootstrapConfig,
+    download_timeout_ms: int,
 ) -> str:
     """A device's next stage: its vDisk version's kernel, the image's initramfs and pvsd's agent
     overlay, from each live server in turn (this one first), then boot.
@@ -188,7 +188,7 @@ def diskless_script(
     arguments = " ".join(
         [*(f"initrd={name}" for name in initrds), boot.cmdline.strip(), guest_arguments(guest)]
     ).replace("  ", " ")
-    timeout = settings.chain_timeout_ms
+    timeout = download_timeout_ms
     lines = [
         "#!ipxe",
         f"# pvsd device script for {device.name}: each live server in turn, the one that sent it first",

@@ -2,9 +2,18 @@ from __future__ import annotations
 
 import dataclasses
 
-from pvsd.boot.ipxe import device_script, device_script_name, ipxe_bootstrap, unknown_device_script
+from pvsd.boot.ipxe import (
+    DisklessBoot,
+    device_script,
+    device_script_name,
+    diskless_script,
+    ipxe_bootstrap,
+    refusal_script,
+    unknown_device_script,
+)
 from pvsd.config import BootstrapConfig
 from pvsd.farm.records import Device, DeviceType, Server, ServerState
+from pvsd.target.cmdline import parse_cmdline
 
 
 def server(name: str, address: str, age: float = 1.0) -> Server:
@@ -54,3 +63,44 @@ def test_device_scripts() -> None:
     template = "#!ipxe\necho {{name}} on {{site}} ({{vdisk}})\nchain http://x/${mac}\n"
     assert device_script(DEVICE, template) == "#!ipxe\necho vm1 on - (win10)\nchain http://x/${mac}\n"
     assert "unknown ${mac}" in unknown_device_script()
+
+
+LINUX = DisklessBoot("linux", 3, "6.1.0-57-amd64", True, "console=ttyS0 quiet")
+
+
+def test_a_diskless_script_loads_the_kernel_and_both_initramfs_files_from_each_live_server_in_turn() -> None:
+    script = diskless_script(DEVICE, LINUX, FARM[0], FARM, 8.0, 4000)
+    lines = script.splitlines()
+    kernels = [line for line in lines if line.startswith("kernel ")]
+    assert len(kernels) == 2  # pvs3 is dead
+    assert kernels[0].startswith(
+        "kernel --timeout 4000 --name vmlinuz http://10.77.0.12:54321/boot/vdisk/linux/3/vmlinuz "
+    )
+    assert kernels[0].endswith(" || goto server1")
+    assert "initrd=initrd.img initrd=pvsd-agent.cpio.gz console=ttyS0 quiet" in kernels[0]
+    settings = parse_cmdline(kernels[0].split(" || ")[0])
+    assert settings.mac == DEVICE.mac and settings.vdisk == "linux"
+    assert settings.servers == (("10.77.0.12", 6910), ("10.77.0.11", 6910))
+    initrds = [line for line in lines if line.startswith("initrd ")]
+    assert initrds[:2] == [
+        "initrd --timeout 4000 --name initrd.img "
+        "http://10.77.0.12:54321/boot/vdisk/linux/3/initrd || goto server1",
+        "initrd --timeout 4000 --name pvsd-agent.cpio.gz "
+        "http://10.77.0.12:54321/boot/agent/linux/3/pvsd-agent.cpio.gz || goto server1",
+    ]
+    assert lines.count("imgfree") == 2  # nothing half-loaded from one server is booted with the next's
+    assert lines[-1] == "exit 1"  # no server: the chain fails and pvs.ipxe's recovery follows
+
+
+def test_an_image_without_its_own_initramfs_gets_only_the_agent_overlay() -> None:
+    script = diskless_script(DEVICE, dataclasses.replace(LINUX, has_initrd=False), FARM[1], FARM, 8.0, 4000)
+    assert "initrd.img" not in script
+    assert "initrd=pvsd-agent.cpio.gz console=ttyS0" in script
+
+
+def test_a_refusal_says_why_and_fails_the_chain() -> None:
+    script = refusal_script(DEVICE, "the device is disabled")
+    assert "echo pvsd device: vm1 52:54:00:12:34:56 vdisk=win10 type=test enabled=yes" in script
+    assert "echo pvsd: cannot boot: the device is disabled" in script
+    assert script.rstrip().endswith("exit 1")
+    assert "pvsd device: unknown ${mac}" in refusal_script(None, "unknown MAC")
