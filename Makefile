@@ -9,7 +9,7 @@ PVSD   := $(BIN)/pvsd
 # Debian packages the tests drive for real (PostgreSQL is started by the tests themselves).
 DEBIAN_PACKAGES := postgresql atftp tftp-hpa tftpd-hpa dnsmasq-base curl kea-admin qemu-system-x86 ipxe-qemu ipxe ovmf radvd iproute2 linux-image-amd64 busybox-static nasm e2fsprogs libnbd-bin qemu-utils faketime xorriso isolinux syslinux-common
 
-.PHONY: test demo lint typecheck pytest debian-deps clean bench-tftp bench-dhcp bench-stream bench-target bench-login
+.PHONY: test demo lint typecheck pytest debian-deps clean bench-tftp bench-dhcp bench-stream bench-target bench-login bench-netboot
 
 $(BIN)/python:
 	@scripts/install-debian-deps python-venv
@@ -62,6 +62,11 @@ bench-target: $(VENV)/.installed debian-deps
 # the store transactions it costs.
 bench-login: $(VENV)/.installed debian-deps
 	$(BIN)/python bench/login.py
+
+# Diskless network boot against a local-disk boot of the same Linux image (QEMU under TCG, a lab
+# of namespaces): the seconds to the OS's first and last lines.
+bench-netboot: $(VENV)/.installed debian-deps
+	$(BIN)/python bench/netboot.py
 
 clean:
 	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache .hypothesis

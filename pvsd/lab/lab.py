@@ -217,8 +217,11 @@ class Lab:
         until: str = DEFAULT_UNTIL,
         timeout: float = 90.0,
         echo: TextIO | None = None,
+        memory_mb: int = 256,
+        on_text: Callable[[str], None] | None = None,
     ) -> BootResult:
-        """Boot one QEMU target from the lab's network; stop it at the marker or after `timeout`."""
+        """Boot one QEMU target from the lab's network; stop it at the marker or after `timeout`.
+        A target that boots its OS diskless needs `memory_mb` of 512 or more."""
         _require_root()
         if not network.namespace_exists(self.bridge_ns):
             raise Failure(f"the lab at {self.state} is not up: run `pvsd lab up` first")
@@ -231,9 +234,12 @@ class Lab:
         pid_file = self.state / "pids" / f"qemu-{tap}.pid"
         network.add_tap(self.bridge_ns, tap, BRIDGE)
         try:
-            argv = ["ip", "netns", "exec", self.bridge_ns, *qemu_command(Firmware(firmware), mac, tap)]
+            command = qemu_command(Firmware(firmware), mac, tap, memory_mb)
+            argv = ["ip", "netns", "exec", self.bridge_ns, *command]
             self.say(f"booting {firmware} target {mac} until /{until}/ (at most {timeout:g} s)")
-            return run_until(argv, marker, timeout, echo, on_start=lambda pid: _write_pid(pid_file, pid))
+            return run_until(
+                argv, marker, timeout, echo, on_start=lambda pid: _write_pid(pid_file, pid), on_text=on_text
+            )
         finally:
             pid_file.unlink(missing_ok=True)
             network.delete_link(self.bridge_ns, tap)

@@ -85,8 +85,10 @@ def run_until(
     timeout: float,
     echo: TextIO | None = None,
     on_start: Callable[[int], None] | None = None,
+    on_text: Callable[[str], None] | None = None,
 ) -> BootResult:
-    """Run QEMU, echo its console, and stop it when `until` matches or `timeout` passes."""
+    """Run QEMU, echo its console, and stop it when `until` matches or `timeout` passes.
+    `on_text` sees the console's text as it comes (e.g. to kill a server at some point)."""
     started = time.monotonic()
     try:
         process = subprocess.Popen(
@@ -132,6 +134,8 @@ def run_until(
             if echo is not None:
                 echo.write(text)
                 echo.flush()
+            if on_text is not None:
+                on_text(text)
             raw = (raw + text)[-_KEEP_CONSOLE:]
             if matched is None:
                 # Search from a little before the new text: a marker may straddle two reads.

@@ -9,16 +9,13 @@ while the OS reads: the OS must finish with both sums right and no I/O error in 
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from support import guest, needs
-from support.diskless import ATTACHED_MARKER, DisklessFarm, boot_direct, host_agent_overlay
-
-from pvsd.lab.lab import Lab
+from support.diskless import ATTACHED_MARKER, DisklessFarm, boot_direct, host_agent_overlay, lab_farm
 
 pytestmark = pytest.mark.timeout(420)
 
@@ -47,27 +44,11 @@ def image(tmp_path_factory: pytest.TempPathFactory) -> guest.RootImage:
     return guest.build_rootfs(tmp_path_factory.mktemp("image") / "linux.img", linux=True)
 
 
-def _farm(tmp_path: Path, image: guest.RootImage, mode: str) -> Iterator[DisklessFarm]:
-    lab = Lab(tmp_path / "lab", say=print)
-    try:
-        lab.up(servers=2)
-        env = {
-            **{k: v for k, v in os.environ.items() if not k.startswith("PVSD_")},
-            "PVSD_FARM__DATABASE": lab.database,
-            "PVSD_SERVER__STORE": str(lab.state / "store"),
-        }
-        farm = DisklessFarm(lab, env, image)
-        farm.pvsd("vdisk", "import", "linux", str(image.path), "--mode", mode, "--quiet")
-        farm.pvsd("device", "add", MAC, "--name", "diskless1", "--vdisk", "linux")
-        yield farm
-    finally:
-        lab.down(keep_state=True)
-
-
 @pytest.fixture
 def farm(tmp_path: Path, image: guest.RootImage) -> Iterator[DisklessFarm]:
     _require()
-    yield from _farm(tmp_path, image, "standard")
+    with lab_farm(tmp_path / "lab", image, MAC, "standard") as farm:
+        yield farm
 
 
 def _append(extra: str = "") -> str:

@@ -8,15 +8,18 @@ vDisk to /dev/nbd0 and switch_roots into the image, whose /sbin/init is the test
 
 from __future__ import annotations
 
+import contextlib
+import os
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from pvsd.boot.agent_initramfs import AgentModule, build_agent_initramfs
 from pvsd.lab import network
 from pvsd.lab.lab import Lab
+from pvsd.lab.qemu import Firmware
 from support import guest
 
 ATTACHED_MARKER = "pvsd-init: vDisk attached"
@@ -34,6 +37,30 @@ class DisklessFarm:
         )
         assert done.returncode == 0, done.stdout + done.stderr
         return done
+
+    def servers_arg(self) -> str:
+        """The kernel command line's server list, as a device script writes it."""
+        return "pvsd.servers=" + ",".join(f"{s.address}:6910" for s in self.lab.servers())
+
+
+@contextlib.contextmanager
+def lab_farm(state: Path, image: guest.RootImage, mac: str, mode: str) -> Iterator[DisklessFarm]:
+    """A 2-server lab with `image` imported as vDisk `linux` (`mode`) and `mac` registered on it;
+    the lab is taken down at the end, whatever happened."""
+    lab = Lab(state, say=print)
+    try:
+        lab.up(servers=2)
+        env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith("PVSD_")},
+            "PVSD_FARM__DATABASE": lab.database,
+            "PVSD_SERVER__STORE": str(lab.state / "store"),
+        }
+        farm = DisklessFarm(lab, env, image)
+        farm.pvsd("vdisk", "import", "linux", str(image.path), "--mode", mode, "--quiet")
+        farm.pvsd("device", "add", mac, "--name", "diskless-" + mac[-2:], "--vdisk", "linux")
+        yield farm
+    finally:
+        lab.down(keep_state=True)
 
 
 def host_agent_overlay(out: Path) -> Path:
@@ -96,3 +123,26 @@ def boot_direct(
         return guest.guest_run(console, seconds, line, timeout)
     finally:
         network.delete_link(lab.bridge_ns, tap)
+
+
+def boot_chain(
+    lab: Lab,
+    mac: str,
+    firmware: Firmware,
+    timeout: float,
+    on_line: Callable[[str], None] | None = None,
+    memory_mib: int = 768,
+) -> guest.GuestRun:
+    """The whole chain from firmware PXE to the OS's done marker (pvsd/lab's QEMU target)."""
+    pending = [""]
+
+    def on_text(text: str) -> None:
+        *lines, pending[0] = (pending[0] + text.replace("\r", "")).split("\n")
+        for line in lines:
+            if on_line is not None:
+                on_line(line)
+
+    stops = f"{guest.DONE_MARKER}|{guest.FAIL_MARKER}|pvsd-init: FAILED"
+    result = lab.boot(firmware, mac, until=stops, timeout=timeout, memory_mb=memory_mib, on_text=on_text)
+    line = guest.DONE_MARKER if result.matched and guest.DONE_MARKER in result.console else None
+    return guest.guest_run(result.console, result.seconds, line, timeout)

@@ -520,6 +520,7 @@ def boot_guest(
     append: str = "",
     memory_mib: int = 512,
     namespace: str | None = None,
+    on_line: Callable[[str], None] | None = None,
 ) -> GuestRun:
     """Boot Debian's kernel with our initramfs on a virtio disk and read what the guest says.
 
@@ -550,7 +551,7 @@ def boot_guest(
         "none",
         *extra,
     ]
-    return guest_run(*_run_qemu(args, timeout, (DONE_MARKER, FAIL_MARKER), grace=5), timeout)
+    return guest_run(*_run_qemu(args, timeout, (DONE_MARKER, FAIL_MARKER), grace=5, on_line=on_line), timeout)
 
 
 def guest_run(console: str, seconds: float, line: str | None, timeout: float) -> GuestRun:
