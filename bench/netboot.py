@@ -125,7 +125,7 @@ def main() -> int:
     report = {**report_header("netboot", args.quick, started, machine), "rows": rows}
     output = RESULTS / f"netboot-{time.strftime('%Y%m%d-%H%M%S')}.json"
     write_json(output, report)
-    print_machine(machine, output)
+    print_machine(report["machine"], output)
     return 0
 
 
