@@ -13,7 +13,8 @@ from typing import Protocol
 
 import structlog
 
-from pvsd.boot.publish import BootFiles
+from pvsd.api import ApiService, BootHttp
+from pvsd.boot.publish import BootFiles, Publisher
 from pvsd.config import Config, ConfigError
 from pvsd.dhcp.server import DhcpServer, boot_policy
 from pvsd.errors import Failure, PvsdError
@@ -144,8 +145,17 @@ async def _start_services(
     try:
         template = _device_template(config)
         await devices.start()
+        publishers: list[Publisher] = []
         if config.tftp.enabled:
-            services += await _start_tftp(config, farm, this, membership, devices, template, log, reloads)
+            tftp, workers = await _start_tftp(config, log)
+            services += [tftp, workers]
+            publishers += [tftp.registry, workers]
+        if config.api.enabled:
+            api = await _start_api(config, log)
+            services.append(api)
+            publishers.append(api.boot)
+        if publishers:
+            _publish_boot_files(config, farm, this, membership, devices, publishers, template, log, reloads)
         if config.dhcp.enabled:
             services.append(await _start_dhcp(config, devices, log))
             for problem in boot_file_problems(config):
@@ -169,16 +179,7 @@ def _device_template(config: Config) -> str | None:
         raise ConfigError("boot.script", f"cannot read {config.boot.script}: {error.strerror}") from None
 
 
-async def _start_tftp(
-    config: Config,
-    farm: str,
-    this: Server,
-    membership: Membership,
-    devices: DeviceView,
-    template: str | None,
-    log: structlog.stdlib.BoundLogger,
-    reloads: list[Callable[[], None]],
-) -> list[Service]:
+async def _start_tftp(config: Config, log: structlog.stdlib.BoundLogger) -> tuple[TftpServer, TftpWorkers]:
     processes = worker_count(config.tftp.workers)
     tftp_config = share_of(config.tftp, processes)
     tftp = TftpServer.from_config(tftp_config, log, reuse_port=processes > 1)
@@ -193,26 +194,58 @@ async def _start_tftp(
     except BaseException:
         await tftp.close()
         raise
-    files = BootFiles([tftp.registry, workers], config, farm, this, template)
+    return tftp, workers
+
+
+async def _start_api(config: Config, log: structlog.stdlib.BoundLogger) -> ApiService:
+    boot = BootHttp([Path(config.tftp.root), Path(config.tftp.ipxe_dir)], log.bind(service="http"))
+    host = config.server.bind or config.server.address
+    api = ApiService(boot, host, config.api.port, log.bind(service="http"))
+    try:
+        await api.start()
+    except OSError as error:
+        hint = bind_hint(
+            error, "another pvsd or web server on this address? set [api] port or enabled = false"
+        )
+        raise Failure(f"cannot listen for HTTP on {host}:{config.api.port}: {hint}") from error
+    return api
+
+
+def _publish_boot_files(
+    config: Config,
+    farm: str,
+    this: Server,
+    membership: Membership,
+    devices: DeviceView,
+    publishers: list[Publisher],
+    template: str | None,
+    log: structlog.stdlib.BoundLogger,
+    reloads: list[Callable[[], None]],
+) -> None:
+    """pvs.bootstrap, pvs.ipxe and the device scripts, to TFTP and HTTP alike, kept up to date."""
+    files = BootFiles(publishers, config, farm, this, template)
     files.servers_changed(membership.known_servers(asyncio.get_running_loop().time()))
-    first = files.devices_changed(list(devices.devices.values()))
+    first = files.devices_changed(list(devices.devices.values()), devices.vdisks)
     log.info("device scripts published", devices=len(first.published))
 
     def devices_changed(changed: list[Device]) -> None:
-        scripts = files.devices_changed(changed)
+        scripts = files.devices_changed(changed, devices.vdisks)
         for mac in scripts.published:
             log.info("device script published", mac=mac)
         for mac in scripts.withdrawn:
             log.info("device script withdrawn", mac=mac)
 
+    def servers_changed(servers: list[Server]) -> None:
+        files.servers_changed(servers)
+        devices_changed(list(devices.devices.values()))  # the scripts list the live servers
+
     def reload_template() -> None:
         files.template = _device_template(config)
         devices_changed(list(devices.devices.values()))
 
-    membership.watchers.append(files.servers_changed)
+    membership.watchers.append(servers_changed)
     devices.watchers.append(devices_changed)
     reloads.append(reload_template)
-    return [tftp, workers]
 
 
 async def _start_dhcp(config: Config, devices: DeviceView, log: structlog.stdlib.BoundLogger) -> Service:

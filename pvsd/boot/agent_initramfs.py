@@ -15,7 +15,6 @@ in load order.
 from __future__ import annotations
 
 import gzip
-import hashlib
 import importlib.util
 import json
 import marshal
@@ -35,7 +34,7 @@ from pvsd.boot.guest_init import AGENT_LAUNCHER, guest_init, udhcpc_script
 from pvsd.errors import Failure
 from pvsd.target.cmdline import AGENT_ARGV0, READY_FILE
 
-__all__ = ["AgentModule", "build_agent_initramfs", "overlay_key"]
+__all__ = ["AgentModule", "build_agent_initramfs"]
 
 BUSYBOX = Path("/bin/busybox")
 PYTHON_HOME = "pvsd/python"
@@ -51,17 +50,6 @@ class AgentModule:
 
     name: str
     data: bytes
-
-
-def overlay_key(kernel_version: str, modules: Sequence[AgentModule]) -> str:
-    """What the overlay depends on, as a short hash: pvsd's version and files, and the modules."""
-    digest = hashlib.sha256(f"{pvsd.__version__}\0{kernel_version}\0".encode())
-    for module in modules:
-        digest.update(module.name.encode() + b"\0" + hashlib.sha256(module.data).digest())
-    package = Path(pvsd.__file__).parent
-    for path in sorted(package.rglob("*.py")):
-        digest.update(str(path.relative_to(package)).encode() + b"\0" + path.read_bytes())
-    return digest.hexdigest()[:16]
 
 
 @dataclass(frozen=True)

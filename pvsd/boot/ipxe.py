@@ -95,12 +95,8 @@ def device_script(device: Device, template: str | None = None) -> str:
 
 
 def unknown_device_script() -> str:
-    """What a MAC the farm does not know gets: a clear line on its console, then exit."""
-    return (
-        "#!ipxe\n"
-        "echo pvsd device: unknown ${mac}; register it with: pvsd device add ${mac} --name NAME\n"
-        "exit\n"
-    )
+    """What a MAC the farm does not know gets: a clear line on its console, then pvs.ipxe's recovery."""
+    return refusal_script(None, "this MAC is not registered: pvsd device add ${mac} --name NAME")
 
 
 # Where the HTTP service (pvsd/api) serves a version's boot files and its agent overlay, below /boot/.

@@ -1,7 +1,13 @@
-"""What every server publishes over TFTP from the farm: pvs.bootstrap, pvs.ipxe and device scripts.
+"""What every server publishes over TFTP and HTTP from the farm: pvs.bootstrap, pvs.ipxe and
+the device scripts.
 
-The files change only when the farm does: the bootstraps when the live servers change,
-a device's script when the device does. Each change is pushed to every TFTP process.
+The files change only when the farm does: the bootstraps when the live servers change, a
+device's script when the device, its vDisk or the live servers do. Each change is pushed to
+every TFTP process and to the HTTP service.
+
+A device's script boots its vDisk diskless (pvsd/boot/ipxe.py diskless_script) when the
+version it will log in to has boot files; otherwise it says why not and fails the chain, so
+that pvs.ipxe's recovery follows. `[boot] script` replaces both with the operator's template.
 """
 
 from __future__ import annotations
@@ -14,13 +20,17 @@ from pvsd.boot.bootstrap import BOOTSTRAP_NAME, BootstrapCache
 from pvsd.boot.ipxe import (
     DEVICE_SCRIPT_PREFIX,
     IPXE_BOOTSTRAP_NAME,
+    DisklessBoot,
     device_script,
     device_script_name,
+    diskless_script,
     ipxe_bootstrap,
+    refusal_script,
     unknown_device_script,
 )
 from pvsd.config import Config
-from pvsd.farm.records import Device, Server
+from pvsd.farm.records import Device, Server, VDisk
+from pvsd.stream.admission import boot_version
 
 __all__ = ["BootFiles", "Publisher", "ScriptChanges"]
 
@@ -51,10 +61,12 @@ class BootFiles:
         self._bootstrap = BootstrapCache(farm, config.bootstrap, config.farm.dead_after)
         self._scripts: dict[str, bytes] = {}
         self._macs: dict[str, str] = {}  # script name -> MAC
+        self._servers: list[Server] = [this]
         for target in targets:
             target.publish_default(DEVICE_SCRIPT_PREFIX, unknown_device_script().encode())
 
     def servers_changed(self, servers: list[Server]) -> None:
+        self._servers = servers
         content = self._bootstrap.update(self.this, servers)
         if content is None:
             return
@@ -65,10 +77,48 @@ class BootFiles:
             target.publish(BOOTSTRAP_NAME, content)
             target.publish(IPXE_BOOTSTRAP_NAME, script)
 
-    def devices_changed(self, devices: list[Device]) -> ScriptChanges:
+    def script(self, device: Device, vdisks: dict[str, VDisk]) -> str:
+        """The script of one device, from the farm as it is now."""
+        if self.template is not None:
+            return device_script(device, self.template)
+        if not device.enabled:
+            return refusal_script(device, "the device is disabled (pvsd device set MAC --enable)")
+        if device.vdisk is None:
+            return refusal_script(device, "no vDisk is assigned (pvsd device set MAC --vdisk NAME)")
+        vdisk = vdisks.get(device.vdisk)
+        if vdisk is None:
+            return refusal_script(device, f"vDisk {device.vdisk} is not in the farm")
+        version = boot_version(vdisk, device.type)
+        if version is None:
+            return refusal_script(
+                device, f"vDisk {vdisk.name} has no version a {device.type} device may boot"
+            )
+        if version.boot is None:
+            return refusal_script(
+                device,
+                f"{vdisk.name} version {version.number} has no kernel to boot diskless "
+                "(import a Linux image, or give vdisk import --kernel and --initrd)",
+            )
+        boot = DisklessBoot(
+            vdisk.name,
+            version.number,
+            version.boot.kernel_version,
+            version.boot.initrd is not None,
+            f"{self.config.boot.cmdline} {version.boot.cmdline}".strip(),
+        )
+        return diskless_script(
+            device,
+            boot,
+            self.this,
+            self._servers,
+            self.config.farm.dead_after,
+            self.config.boot.download_timeout_ms,
+        )
+
+    def devices_changed(self, devices: list[Device], vdisks: dict[str, VDisk]) -> ScriptChanges:
         """Publish what changed; the MACs whose scripts were published and withdrawn, for the log."""
         names = {device_script_name(d.mac): d.mac for d in devices}
-        scripts = {device_script_name(d.mac): device_script(d, self.template).encode() for d in devices}
+        scripts = {device_script_name(d.mac): self.script(d, vdisks).encode() for d in devices}
         withdrawn = []
         for name in self._scripts.keys() - scripts.keys():
             withdrawn.append(self._macs.pop(name))

@@ -5,9 +5,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import shutil
 import sys
 from pathlib import Path
 
+from pvsd.boot.linux_image import find_linux_boot
+from pvsd.boot.version_boot import boot_summary, stage_boot_files
 from pvsd.cli.common import (
     Commands,
     open_farm,
@@ -22,7 +25,7 @@ from pvsd.errors import BadInput
 from pvsd.farm.records import AccessMode, VDisk, VDiskShape, WriteCache
 from pvsd.names import check_name
 from pvsd.units import format_size
-from pvsd.vdisk.image import check_source, discard_image, image_path, import_image, move_image
+from pvsd.vdisk.image import boot_folder, check_source, discard_image, image_path, import_image, move_image
 
 __all__ = ["register"]
 
@@ -49,6 +52,18 @@ def register(commands: Commands) -> None:
     imported.add_argument("name")
     imported.add_argument("file", help="a raw disk image")
     imported.add_argument("--quiet", action="store_true", help="no progress bar")
+    imported.add_argument(
+        "--kernel", type=Path, metavar="FILE", help="the kernel to boot diskless, in place of the image's own"
+    )
+    imported.add_argument(
+        "--initrd", type=Path, metavar="FILE", help="the initramfs to boot with, in place of the image's own"
+    )
+    imported.add_argument(
+        "--cmdline",
+        default="",
+        metavar="TEXT",
+        help="kernel command line of this version, after [boot] cmdline",
+    )
     with_json(vdisk.command("list", _list, "list vDisks"))
     replicas = with_json(vdisk.command("replicas", _replicas, "which server holds which version"))
     replicas.add_argument("name", nargs="?", help="only this vDisk")
@@ -90,24 +105,38 @@ def _import(args: argparse.Namespace, config: Config) -> int:
             "a new version must keep the disk's size"
         )
     check_name("vDisk", args.name)
-    folder = image_path(Path(config.server.store), args.name, 0).parent
+    for given in (args.kernel, args.initrd):
+        if given is not None and not given.is_file():
+            raise BadInput(f"{given} is not a file")
+    found = find_linux_boot(source, sector_size)  # before anything is written: a bad image changes nothing
+    if found is None and args.kernel is None:
+        print(f"{source} holds no Linux root file system: it boots through the host agent, not diskless")
+    store_folder = Path(config.server.store)
+    folder = image_path(store_folder, args.name, 0).parent
     staged = folder / f".import-{os.getpid()}.img"
+    staged_boot = folder / f".import-{os.getpid()}.boot"
     progress = progress_bar(f"importing {source.name}") if sys.stderr.isatty() and not args.quiet else None
     here = config.server.name if config.server.name in {s.name for s in store.list_servers()} else None
     try:
+        boot = stage_boot_files(source, found, args.kernel, args.initrd, args.cmdline, staged_boot)
         result = import_image(source, staged, progress, sector_size=sector_size)
         shape = VDiskShape(result.size, sector_size, AccessMode(args.mode), WriteCache(args.cache))
-        version = store.import_version(
-            args.name,
-            shape,
-            result.sha256,
-            here,
-            place=lambda number: move_image(staged, image_path(Path(config.server.store), args.name, number)),
-        )
+
+        def place(number: int) -> None:
+            if boot is not None:
+                destination = boot_folder(store_folder, args.name, number)
+                shutil.rmtree(destination, ignore_errors=True)
+                staged_boot.rename(destination)
+            move_image(staged, image_path(store_folder, args.name, number))
+
+        version = store.import_version(args.name, shape, result.sha256, here, place=place, boot=boot)
     finally:
         discard_image(staged)
+        shutil.rmtree(staged_boot, ignore_errors=True)
         with contextlib.suppress(OSError):
             folder.rmdir()  # only if the import left it empty
+    if boot is not None:
+        print(boot_summary(boot, found))
     destination = image_path(Path(config.server.store), args.name, version.number)
     if here is not None:
         held = f"replica on {here} verified"

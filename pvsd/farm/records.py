@@ -132,12 +132,27 @@ class Server:
 
 
 @dataclass(frozen=True)
+class VersionBoot:
+    """How a version boots diskless: its Linux kernel and initramfs (extracted at import, beside
+    the image), the kernel's version (its /lib/modules), and where the root file system is."""
+
+    kernel: str  # the path inside the image, or `--kernel FILE`'s name
+    kernel_version: str
+    kernel_sha256: str
+    initrd: str | None = None
+    initrd_sha256: str | None = None
+    cmdline: str = ""  # the version's own, after [boot] cmdline
+    root_offset: int | None = None  # byte offset of the ext4 holding /lib/modules; None: not found
+
+
+@dataclass(frozen=True)
 class VDiskVersion:
     vdisk: str
     number: int
     state: VersionState
     sha256: str | None
     created_at: float
+    boot: VersionBoot | None = None
 
 
 @dataclass(frozen=True)

@@ -115,6 +115,25 @@ MIGRATIONS: tuple[Migration, ...] = (
         "the vDisk a session streams (its ticket's), so that a streamed vDisk is not removed by mistake",
         ("ALTER TABLE sessions ADD COLUMN vdisk TEXT",),
     ),
+    Migration(
+        5,
+        "a version's boot files for diskless boot: its Linux kernel, initramfs and command line",
+        (
+            """CREATE TABLE version_boot (
+                vdisk_id BIGINT NOT NULL,
+                number INTEGER NOT NULL,
+                kernel TEXT NOT NULL,
+                kernel_version TEXT NOT NULL,
+                kernel_sha256 TEXT NOT NULL,
+                initrd TEXT,
+                initrd_sha256 TEXT,
+                cmdline TEXT NOT NULL,
+                root_offset BIGINT,
+                PRIMARY KEY (vdisk_id, number),
+                FOREIGN KEY (vdisk_id, number)
+                    REFERENCES vdisk_versions(vdisk_id, number) ON DELETE CASCADE)""",
+        ),
+    ),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version

@@ -47,6 +47,7 @@ from pvsd.farm.records import (
     VDisk,
     VDiskShape,
     VDiskVersion,
+    VersionBoot,
     VersionState,
     WriteCache,
 )
@@ -486,6 +487,7 @@ class FarmStore:
         sha256: str,
         server: str | None,
         place: Callable[[int], None],
+        boot: VersionBoot | None = None,
     ) -> VDiskVersion:
         """An imported image, recorded in one transaction: the vDisk (made from `new` if it does not
         exist yet, else checked to have its size), its next version in production with `sha256`,
@@ -507,6 +509,8 @@ class FarmStore:
             else:
                 vdisk_id = int(row[0])
             number = self._add_version_in(cursor, vdisk_id, name, VersionState.PRODUCTION, sha256)
+            if boot is not None:
+                self._set_boot_in(cursor, vdisk_id, name, number, boot)
             if server is not None:
                 self._report_replica_in(cursor, server, vdisk_id, name, number, sha256, ReplicaState.VERIFIED)
             place(number)
@@ -514,6 +518,33 @@ class FarmStore:
 
         number = self._run(True, work)
         return next(v for v in self.get_vdisk(name).versions if v.number == number)
+
+    def _set_boot_in(self, cursor: Cursor, vdisk_id: int, name: str, number: int, boot: VersionBoot) -> None:
+        self._exec(cursor, "DELETE FROM version_boot WHERE vdisk_id = ? AND number = ?", (vdisk_id, number))
+        self._exec(
+            cursor,
+            "INSERT INTO version_boot (vdisk_id, number, kernel, kernel_version, kernel_sha256, initrd, "
+            "initrd_sha256, cmdline, root_offset) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                vdisk_id,
+                number,
+                boot.kernel,
+                boot.kernel_version,
+                boot.kernel_sha256,
+                boot.initrd,
+                boot.initrd_sha256,
+                boot.cmdline,
+                boot.root_offset,
+            ),
+        )
+        self._audit(
+            cursor,
+            "vdisk.version.boot",
+            f"{name}.{number}",
+            kernel=boot.kernel,
+            initrd=boot.initrd,
+            cmdline=boot.cmdline,
+        )
 
     def get_vdisk(self, name: str) -> VDisk:
         found = [vdisk for vdisk in self._vdisks(name) if vdisk.name == name]
@@ -542,11 +573,34 @@ class FarmStore:
                 ORDER BY v.name, vv.number""",
             params,
         )
+        boots = {
+            (row[0], row[1]): VersionBoot(
+                kernel=row[2],
+                kernel_version=row[3],
+                kernel_sha256=row[4],
+                initrd=row[5],
+                initrd_sha256=row[6],
+                cmdline=row[7],
+                root_offset=None if row[8] is None else int(row[8]),
+            )
+            for row in self._all(
+                cursor,
+                f"""SELECT v.name, b.number, b.kernel, b.kernel_version, b.kernel_sha256, b.initrd,
+                        b.initrd_sha256, b.cmdline, b.root_offset
+                    FROM version_boot b JOIN vdisks v ON v.id = b.vdisk_id {where}""",
+                params,
+            )
+        }
         by_disk: dict[str, list[VDiskVersion]] = {}
         for row in versions:
             by_disk.setdefault(row[0], []).append(
                 VDiskVersion(
-                    vdisk=row[0], number=row[1], state=VersionState(row[2]), sha256=row[3], created_at=row[4]
+                    vdisk=row[0],
+                    number=row[1],
+                    state=VersionState(row[2]),
+                    sha256=row[3],
+                    created_at=row[4],
+                    boot=boots.get((row[0], row[1])),
                 )
             )
         return [

@@ -24,6 +24,7 @@ __all__ = [
     "ImageCheck",
     "ImportResult",
     "Sidecar",
+    "boot_folder",
     "check_source",
     "discard_image",
     "image_path",
@@ -66,6 +67,11 @@ class ImageCheck:
 
 def image_path(store: Path, vdisk: str, version: int) -> Path:
     return store / vdisk / f"v{version}.img"
+
+
+def boot_folder(store: Path, vdisk: str, version: int) -> Path:
+    """The version's boot files beside its image: `vmlinuz` and, if it has one, `initrd.img`."""
+    return store / vdisk / f"v{version}.boot"
 
 
 def sidecar_path(image: Path) -> Path:
