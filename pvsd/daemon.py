@@ -14,7 +14,9 @@ from typing import Protocol
 import structlog
 
 from pvsd.api import ApiService, BootHttp
+from pvsd.boot.builds import BootBuilds
 from pvsd.boot.publish import BootFiles, Publisher
+from pvsd.boot.resolvers import VersionFiles
 from pvsd.config import Config, ConfigError
 from pvsd.dhcp.server import DhcpServer, boot_policy
 from pvsd.errors import Failure, PvsdError
@@ -154,6 +156,13 @@ async def _start_services(
             api = await _start_api(config, log)
             services.append(api)
             publishers.append(api.boot)
+            files = VersionFiles(
+                Path(config.server.store),
+                lambda: devices.vdisks,
+                BootBuilds(Path(config.boot.cache_dir), log),
+            )
+            api.boot.add_resolver("vdisk/", files.boot_file)
+            api.boot.add_resolver("agent/", files.agent_overlay)
         if publishers:
             _publish_boot_files(config, farm, this, membership, devices, publishers, template, log, reloads)
         if config.dhcp.enabled:

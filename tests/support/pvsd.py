@@ -19,13 +19,15 @@ def pvsd_env(database: str, **keys: str) -> dict[str, str]:
 
     Proxy DHCP is off unless a test turns it on: by default it listens on 0.0.0.0:67, and a
     test must never answer DHCP on the host's real network. Logins and streaming are off
-    too (they start worker processes) unless a test turns them on.
+    too (they start worker processes) unless a test turns them on, and so is HTTP: several
+    servers of one test often share an address, and they would all want port 54321.
     """
     env = {k: v for k, v in os.environ.items() if not k.startswith("PVSD_")}
     env["PVSD_FARM__DATABASE"] = database
     env["PVSD_DHCP__ENABLED"] = "false"
     env["PVSD_LOGIN__ENABLED"] = "false"
     env["PVSD_STREAM__ENABLED"] = "false"
+    env["PVSD_API__ENABLED"] = "false"
     env.update({f"PVSD_{key.upper()}": value for key, value in keys.items()})
     return env
 
