@@ -15,7 +15,16 @@ from pathlib import Path
 
 import pytest
 from support import guest, needs
-from support.diskless import ATTACHED_MARKER, DisklessFarm, boot_direct, host_agent_overlay, lab_farm
+from support.diskless import (
+    ATTACHED_MARKER,
+    DisklessFarm,
+    boot_chain,
+    boot_direct,
+    host_agent_overlay,
+    lab_farm,
+)
+
+from pvsd.lab.qemu import Firmware
 
 pytestmark = pytest.mark.timeout(420)
 
@@ -93,3 +102,15 @@ def test_the_os_keeps_running_when_its_server_is_killed_while_it_reads(
     assert killed, run.console[-3000:]
     assert run.problems(image) == [], run.console[-4000:]
     assert "failed over" in run.console, run.console[-3000:]
+
+
+@pytest.mark.parametrize("firmware", [Firmware.BIOS, Firmware.UEFI])
+def test_the_whole_chain_boots_the_os_with_no_disk(
+    farm: DisklessFarm, image: guest.RootImage, firmware: Firmware
+) -> None:
+    """Firmware PXE -> proxy DHCP -> TFTP -> pvs.ipxe -> the device script -> the kernel and the
+    agent overlay over HTTP -> login -> stream -> switch_root: nothing on the host but the lab."""
+    run = boot_chain(farm.lab, MAC, firmware, BOOT_TIMEOUT_S)
+    print(f"diskless {firmware} chain: done after {run.seconds:.1f} s")
+    assert run.problems(image) == [], run.console[-4000:]
+    assert "pvsd: booting linux version 1 from pvs" in run.console
