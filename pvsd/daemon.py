@@ -271,7 +271,7 @@ async def _start_dhcp(config: Config, devices: DeviceView, log: structlog.stdlib
             interface=loopback,
             hint="set [server] address to this host's address on the boot network",
         )
-    policy = boot_policy(dhcp, config.server.address)
+    policy = boot_policy(dhcp, config.server.address, config.api.port if config.api.enabled else None)
     server = DhcpServer(dhcp, policy, config.server.bind, devices.is_known, log)
     try:
         await server.start()

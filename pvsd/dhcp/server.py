@@ -111,7 +111,9 @@ class RefusalLog:
         return {key: count for key, (_, count) in self._keys.items() if count}
 
 
-def boot_policy(config: DhcpConfig, server: str) -> BootPolicy:
+def boot_policy(config: DhcpConfig, server: str, http_port: int | None = None) -> BootPolicy:
+    """The proxy's decisions from its config; with `http_port` (when [api] is on) UEFI HTTP boot
+    clients are offered `http://SERVER:PORT/boot/` + their boot file."""
     files = config.bootfiles
     strategies = config.strategy
     return BootPolicy(
@@ -133,6 +135,7 @@ def boot_policy(config: DhcpConfig, server: str) -> BootPolicy:
         ipxe_script=config.script,
         answer_all=config.answer == "all",
         relays=config.relay_networks,
+        http_base=f"http://{server}:{http_port}/boot/" if http_port is not None else None,
     )
 
 

@@ -241,3 +241,16 @@ def test_pvsd_offers_captured_in_the_lab(offer: bytes, bootfile: bytes) -> None:
         packet.message_type == MessageType.OFFER and packet.yiaddr == NO_ADDRESS and packet.file == bootfile
     )
     assert decode_pxe_options(packet.option(Option.VENDOR_SPECIFIC) or b"").discovery_control == 8
+
+
+def test_the_server_offers_http_boot_only_when_its_http_service_is_on() -> None:
+    from pvsd.config import DhcpConfig
+    from pvsd.dhcp.server import boot_policy
+
+    assert boot_policy(DhcpConfig(), "10.77.0.11").http_base is None
+    on = boot_policy(DhcpConfig(), "10.77.0.11", 54321)
+    assert on.http_base == "http://10.77.0.11:54321/boot/"
+    reply = decide(
+        discover(16, vendor=b"HTTPClient:Arch:00016:UNDI:003001"), ON_67, lambda mac: True, on
+    ).reply
+    assert reply is not None and reply.file == b"http://10.77.0.11:54321/boot/ipxe.efi"
