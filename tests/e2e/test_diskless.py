@@ -9,6 +9,7 @@ while the OS reads: the OS must finish with both sums right and no I/O error in 
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -104,7 +105,7 @@ def test_the_os_keeps_running_when_its_server_is_killed_while_it_reads(
     assert "failed over" in run.console, run.console[-3000:]
 
 
-@pytest.mark.parametrize("firmware", [Firmware.BIOS, Firmware.UEFI])
+@pytest.mark.parametrize("firmware", [Firmware.BIOS, Firmware.UEFI, Firmware.UEFI_NATIVE])
 def test_the_whole_chain_boots_the_os_with_no_disk(
     farm: DisklessFarm, image: guest.RootImage, firmware: Firmware
 ) -> None:
@@ -114,3 +115,23 @@ def test_the_whole_chain_boots_the_os_with_no_disk(
     print(f"diskless {firmware} chain: done after {run.seconds:.1f} s")
     assert run.problems(image) == [], run.console[-4000:]
     assert "pvsd: booting linux version 1 from pvs" in run.console
+
+
+def test_a_server_killed_during_the_download_costs_the_boot_nothing(
+    farm: DisklessFarm, image: guest.RootImage
+) -> None:
+    """SIGKILL the server the device script is loading from: iPXE moves to the next server of the
+    script, and the agent logs in to a live one."""
+    killed: list[str] = []
+
+    def on_line(line: str) -> None:
+        found = re.search(r"pvsd: loading the kernel from (pvs\d)", line)
+        if found and not killed:
+            killed.append(found.group(1))
+            farm.lab.kill(found.group(1))
+
+    run = boot_chain(farm.lab, MAC, Firmware.BIOS, BOOT_TIMEOUT_S, on_line=on_line)
+    assert killed, run.console[-3000:]
+    assert run.problems(image) == [], run.console[-4000:]
+    other = "pvs2" if killed[0] == "pvs1" else "pvs1"
+    assert f"pvsd: booting linux version 1 from {other}" in run.console, run.console[-3000:]
