@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import hashlib
 import ipaddress
 import signal
 from collections.abc import Callable
@@ -13,8 +14,10 @@ from typing import Protocol
 
 import structlog
 
-from pvsd.api import ApiService, BootHttp
+from pvsd.api import ApiService, BootHttp, Resolver
 from pvsd.boot.builds import BootBuilds
+from pvsd.boot.media import MediaNetwork, media_servers
+from pvsd.boot.media_iso import build_media
 from pvsd.boot.publish import BootFiles, Publisher
 from pvsd.boot.resolvers import VersionFiles
 from pvsd.config import Config, ConfigError
@@ -31,6 +34,9 @@ from pvsd.tftp.server import TftpServer
 from pvsd.tftp.workers import TftpWorkers, share_of, worker_count
 
 __all__ = ["advertised_ports", "serve"]
+
+
+MEDIA_FILE = "pvsd.iso"  # served as /boot/media/pvsd.iso
 
 
 def advertised_ports(config: Config) -> dict[str, int]:
@@ -163,6 +169,7 @@ async def _start_services(
             )
             api.boot.add_resolver("vdisk/", files.boot_file)
             api.boot.add_resolver("agent/", files.agent_overlay)
+            api.boot.add_resolver("media/", _media_resolver(config, farm, membership, files.builds))
         if publishers:
             _publish_boot_files(config, farm, this, membership, devices, publishers, template, log, reloads)
         if config.dhcp.enabled:
@@ -218,6 +225,34 @@ async def _start_api(config: Config, log: structlog.stdlib.BoundLogger) -> ApiSe
         )
         raise Failure(f"cannot listen for HTTP on {host}:{config.api.port}: {hint}") from error
     return api
+
+
+def _media_resolver(config: Config, farm: str, membership: Membership, builds: BootBuilds) -> Resolver:
+    """`media/pvsd.iso`: the boot media for the farm's live servers now, this one first, by DHCP."""
+
+    async def resolve(name: str) -> Path | None:
+        if name != MEDIA_FILE:
+            return None
+        servers = membership.known_servers(asyncio.get_running_loop().time())
+        live = media_servers(config.server.name, servers, config.farm.dead_after)
+        key = hashlib.sha256(" ".join(f"{s.name}={s.address}:{s.ports.get('api')}" for s in live).encode())
+
+        def build(path: Path) -> str:
+            embedded = build_media(
+                path,
+                servers,
+                config.server.name,
+                MediaNetwork(),
+                config.bootstrap,
+                config.api.port,
+                config.farm.dead_after,
+                farm,
+            )
+            return "boot media for " + ", ".join(s.name for s in embedded)
+
+        return await builds.media(key.hexdigest()[:12], build)
+
+    return resolve
 
 
 def _publish_boot_files(

@@ -2,7 +2,8 @@
 # `make demo`: a two-server farm on this machine, on the embedded defaults.
 # It initialises a farm in ./var/, imports a generated vDisk, starts pvs1 on 127.0.0.11 and
 # pvs2 on 127.0.0.12, shows them seeing each other, copies the vDisk through a target, then
-# stops them cleanly. Logs are in var/demo/.
+# stops them cleanly. Then, where the machine can run the lab, a PXE boot and a diskless Linux
+# VM that keeps running when its server is SIGKILLed. Logs are in var/demo/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 pvsd=(.venv/bin/pvsd)
@@ -34,7 +35,7 @@ guest=0
 if [ "$(id -u)" -eq 0 ] && command -v qemu-system-x86_64 >/dev/null && ls /boot/vmlinuz-* >/dev/null 2>&1; then
     step "a Linux guest's root file system as a vDisk (standard mode, write cache on the device)"
     .venv/bin/python scripts/demo_guest.py build var/demo-linux.img
-    "${pvsd[@]}" vdisk import demo-linux var/demo-linux.img --cache device
+    "${pvsd[@]}" vdisk import demo-linux var/demo-linux.img --cache device --no-boot
     "${pvsd[@]}" device add 52:54:00:12:34:57 --name vm1 --vdisk demo-linux
     guest=1
 fi
@@ -121,6 +122,13 @@ sleep 2   # the servers read the farm's devices once a heartbeat
 
 step "pvsd lab boot --firmware bios   (QEMU's iPXE ROM: proxy DHCP -> TFTP pvs.ipxe -> device script)"
 "${pvsd[@]}" lab boot --state var/lab --firmware bios --mac 52:54:00:de:00:01
+
+if [ -e /bin/busybox ] && ls /boot/vmlinuz-* >/dev/null 2>&1 && command -v debugfs >/dev/null; then
+    step "a diskless VM PXE-boots Linux from the lab; its server is SIGKILLed while the OS runs"
+    .venv/bin/python scripts/demo_diskless.py
+else
+    step "skipping the diskless boot: it needs linux-image-amd64, busybox-static and e2fsprogs (make test installs them)"
+fi
 
 step "pvsd lab down"
 "${pvsd[@]}" lab down --state var/lab

@@ -49,35 +49,45 @@ class BootBuilds:
         self.log = log
         self._locks: dict[str, asyncio.Lock] = {}
 
-    async def agent_overlay(self, vdisk: str, version: int, sha256: str, read_modules: ModuleReader) -> Path:
-        """The overlay for one version, built if it is not there yet. PvsdError says why not."""
-        name = f"agent-{vdisk}-{version}-{sha256[:12]}-{_code_hash()}.cpio.gz"
+    async def _once(self, name: str, stale: str, build: Callable[[Path], str]) -> Path:
+        """`folder/name`, made by `build(path)` (in a thread; it returns what to log) unless it is
+        there; other files matching the glob `stale` are then removed."""
         path = self.folder / name
         lock = self._locks.setdefault(name, asyncio.Lock())
         async with lock:
             if path.is_file():
                 return path
-            self.log.info("building the agent overlay", vdisk=vdisk, version=version, path=str(path))
             loop = asyncio.get_running_loop()
             started = loop.time()
+            self.log.info("building a boot file", path=str(path))
             try:
-                kernel_version, modules = await asyncio.to_thread(read_modules)
-                size = await asyncio.to_thread(build_agent_initramfs, path, kernel_version, modules)
+                await asyncio.to_thread(self.folder.mkdir, parents=True, exist_ok=True)
+                what = await asyncio.to_thread(build, path)
             except PvsdError as error:
-                self.log.error(
-                    "cannot build the agent overlay", vdisk=vdisk, version=version, error=str(error)
-                )
+                self.log.error("cannot build a boot file", path=str(path), error=str(error))
                 raise
-            for stale in self.folder.glob(f"agent-{vdisk}-{version}-*.cpio.gz"):
-                if stale != path:
-                    stale.unlink(missing_ok=True)
+            for old in self.folder.glob(stale):
+                if old != path:
+                    old.unlink(missing_ok=True)
             self.log.info(
-                "agent overlay built",
-                vdisk=vdisk,
-                version=version,
-                kernel=kernel_version,
-                modules=len(modules),
-                bytes=size,
-                seconds=round(loop.time() - started, 1),
+                "boot file built", path=str(path), what=what, seconds=round(loop.time() - started, 1)
             )
             return path
+
+    async def agent_overlay(self, vdisk: str, version: int, sha256: str, read_modules: ModuleReader) -> Path:
+        """The overlay for one version, built if it is not there yet. PvsdError says why not."""
+
+        def build(path: Path) -> str:
+            kernel_version, modules = read_modules()
+            size = build_agent_initramfs(path, kernel_version, modules)
+            return f"agent overlay of {vdisk} version {version}: {kernel_version}, {len(modules)} modules, {size} B"
+
+        return await self._once(
+            f"agent-{vdisk}-{version}-{sha256[:12]}-{_code_hash()}.cpio.gz",
+            f"agent-{vdisk}-{version}-*.cpio.gz",
+            build,
+        )
+
+    async def media(self, key: str, build: Callable[[Path], str]) -> Path:
+        """The boot media for one list of live servers (`key` names it)."""
+        return await self._once(f"media-{key}-{_code_hash()}.iso", "media-*.iso", build)

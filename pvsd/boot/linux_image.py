@@ -118,13 +118,13 @@ def find_linux_boot(image: Path, sector_size: int = 512) -> LinuxBoot | None:
     except BadInput:
         raise BadInput(
             f"{image}: {where} is a Linux partition but holds no ext4 file system: pvsd reads ext4 roots "
-            "only; give --kernel (and --initrd) to import it anyway"
+            "only; give --kernel (and --initrd), or --no-boot for a plain disk"
         ) from None
     kernels = _kernel_versions(fs)
     if not kernels:
         raise BadInput(
             f"{image}: the Linux root on {where} has no /boot/vmlinuz-VERSION or /vmlinuz: "
-            "install a kernel in the image, or give --kernel"
+            "install a kernel in the image, give --kernel, or import it with --no-boot as a plain disk"
         )
     version = _newest(list(kernels))
     initrd = next(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,12 @@ def register(commands: Commands) -> None:
     )
     boot.add_argument("--timeout", type=float, default=90.0, metavar="S", help="give up after S seconds (90)")
     boot.add_argument("--quiet", action="store_true", help="do not echo the console")
+    boot.add_argument(
+        "--vdisk",
+        metavar="NAME",
+        help="boot this vDisk diskless: the MAC is registered on it (or moved to it) first; "
+        "the boot runs until a login prompt or --until, with 768 MiB of RAM",
+    )
 
     command("down", _down, "remove the lab: processes, namespaces and state (also after a crash)")
     command("kill", _kill, "SIGKILL one pvsd server, for failover tests").add_argument(
@@ -80,15 +87,47 @@ def _up(args: argparse.Namespace, config: Config) -> int:
 def _boot(args: argparse.Namespace, config: Config) -> int:
     from pvsd.lab.lab import DEFAULT_UNTIL
 
+    lab = _lab(args)
     until = args.until if args.until is not None else DEFAULT_UNTIL
-    result = _lab(args).boot(
-        args.firmware, args.mac, until, args.timeout, echo=None if args.quiet else sys.stdout
+    memory = 256
+    mac = args.mac
+    if args.vdisk is not None:
+        mac = _assign(lab, mac, args.vdisk)
+        until = args.until if args.until is not None else VDISK_UNTIL
+        memory = 768
+    result = lab.boot(
+        args.firmware, mac, until, args.timeout, echo=None if args.quiet else sys.stdout, memory_mb=memory
     )
     if result.matched:
         print(f"\nlab: marker /{until}/ seen after {result.seconds:.1f} s: {result.match!r}", file=sys.stderr)
         return 0
     print(f"\nlab: marker /{until}/ not seen: {result.reason} after {result.seconds:.1f} s", file=sys.stderr)
     return 1
+
+
+# What a booted OS prints when it is up: a getty's prompt, or the test images' last line.
+VDISK_UNTIL = r"login:|PVSD-GUEST-DONE"
+
+
+def _assign(lab: Any, mac: str | None, vdisk: str) -> str:
+    """Register `mac` (a random one if None) on `vdisk` in the lab's farm; wait for the scripts."""
+    from pvsd.farm.store import open_store
+    from pvsd.lab.lab import random_mac
+    from pvsd.net.mac import parse_mac
+
+    mac = parse_mac(mac) if mac else random_mac()
+    store = open_store(lab.database, "lab")
+    try:
+        store.get_vdisk(vdisk)  # NotFound names it
+        if store.find_device(mac) is None:
+            store.add_device(mac, "lab-" + mac.replace(":", "")[-6:], vdisk=vdisk)
+        else:
+            store.update_device(mac, vdisk=vdisk)
+    finally:
+        store.close()
+    print(f"lab: {mac} boots vDisk {vdisk}", file=sys.stderr)
+    time.sleep(2.5)  # the servers read the farm's devices once a heartbeat
+    return mac
 
 
 def _down(args: argparse.Namespace, config: Config) -> int:

@@ -59,6 +59,11 @@ def register(commands: Commands) -> None:
         "--initrd", type=Path, metavar="FILE", help="the initramfs to boot with, in place of the image's own"
     )
     imported.add_argument(
+        "--no-boot",
+        action="store_true",
+        help="a plain disk: look for no kernel (it boots through the host agent, not diskless)",
+    )
+    imported.add_argument(
         "--cmdline",
         default="",
         metavar="TEXT",
@@ -108,8 +113,18 @@ def _import(args: argparse.Namespace, config: Config) -> int:
     for given in (args.kernel, args.initrd):
         if given is not None and not given.is_file():
             raise BadInput(f"{given} is not a file")
-    found = find_linux_boot(source, sector_size)  # before anything is written: a bad image changes nothing
-    if found is None and args.kernel is None:
+    if args.no_boot and (args.kernel or args.initrd or args.cmdline):
+        raise BadInput("--no-boot imports a plain disk: it takes no --kernel, --initrd or --cmdline")
+    # Before anything is written: a bad image changes nothing.
+    found = None
+    if not args.no_boot:
+        try:
+            found = find_linux_boot(source, sector_size)
+        except BadInput:
+            if args.kernel is None:
+                raise
+            # with --kernel the image need not hold a bootable root; its modules are used if it has one
+    if found is None and args.kernel is None and not args.no_boot:
         print(f"{source} holds no Linux root file system: it boots through the host agent, not diskless")
     store_folder = Path(config.server.store)
     folder = image_path(store_folder, args.name, 0).parent

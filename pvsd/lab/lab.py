@@ -36,7 +36,7 @@ from pvsd.lab import network
 from pvsd.lab.qemu import BootResult, Firmware, qemu_command, run_until
 from pvsd.net.mac import parse_mac
 
-__all__ = ["DEFAULT_STATE", "DEFAULT_UNTIL", "Lab", "LabServer", "LabTarget"]
+__all__ = ["DEFAULT_STATE", "DEFAULT_UNTIL", "Lab", "LabServer", "LabTarget", "random_mac"]
 
 DEFAULT_STATE = Path("var/lab")
 DEFAULT_UNTIL = r"pvsd device:"
@@ -229,7 +229,7 @@ class Lab:
             marker = re.compile(until)
         except re.error as error:
             raise BadInput(f"--until is not a valid regular expression: {error}") from error
-        mac = parse_mac(mac) if mac is not None else _random_mac()
+        mac = parse_mac(mac) if mac is not None else random_mac()
         tap = "t" + mac.replace(":", "")[-8:]  # unique per target, within IFNAMSIZ
         pid_file = self.state / "pids" / f"qemu-{tap}.pid"
         network.add_tap(self.bridge_ns, tap, BRIDGE)
@@ -437,7 +437,7 @@ def _host(part: int) -> str:
     return str(SUBNET.network_address + part)
 
 
-def _random_mac() -> str:
+def random_mac() -> str:
     # 52:54:00 is QEMU's prefix; the rest random, so targets of one run never collide.
     return "52:54:00:" + ":".join(f"{byte:02x}" for byte in os.urandom(3))
 

@@ -216,7 +216,7 @@ def test_the_full_chain_in_the_lab(tmp_path: Path, rootfs: Any) -> None:
         lab.up(servers=2)
         env = pvsd_env(lab.database, server__store=str(lab.state / "store"))
         for argv in (
-            ("vdisk", "import", "disk", str(rootfs.path), "--cache", "device", "--quiet"),
+            ("vdisk", "import", "disk", str(rootfs.path), "--cache", "device", "--no-boot", "--quiet"),
             ("device", "add", MAC, "--name", "vm1", "--vdisk", "disk"),
         ):
             result = pvsd(env, *argv)
