@@ -80,7 +80,7 @@ class BootBuilds:
         def build(path: Path) -> str:
             kernel_version, modules = read_modules()
             size = build_agent_initramfs(path, kernel_version, modules)
-            return f"agent overlay of {vdisk} version {version}: {kernel_version}, {len(modules)} modules, {size} B"
+            return f"agent overlay of {vdisk} v{version}: {kernel_version}, {len(modules)} modules, {size} B"
 
         return await self._once(
             f"agent-{vdisk}-{version}-{sha256[:12]}-{_code_hash()}.cpio.gz",
