@@ -24,8 +24,11 @@ MAX_LINKS = 16
 
 class Ext4Image:
     def __init__(self, image: Path, offset: int = 0) -> None:
-        if shutil.which("debugfs") is None:
+        # In /usr/sbin, which a user's PATH often lacks.
+        found = shutil.which("debugfs") or shutil.which("debugfs", path="/usr/sbin:/sbin")
+        if found is None:
             raise Failure("debugfs is missing: install Debian's e2fsprogs")
+        self.debugfs = found
         self.image = image
         self.offset = offset
         self.spec = f"{image}?offset={offset}" if offset else str(image)
@@ -36,7 +39,7 @@ class Ext4Image:
             script.flush()
             try:
                 done = subprocess.run(
-                    ["debugfs", "-f", script.name, self.spec],
+                    [self.debugfs, "-f", script.name, self.spec],
                     capture_output=True,
                     text=True,
                     errors="replace",

@@ -135,7 +135,7 @@ def decode_partitions(head: bytes, disk_size: int, sector: int = 512) -> list[Pa
     there is no table. DecodeError for a damaged table or one that points past the end."""
     if sector not in (512, 4096):
         raise DecodeError(f"a sector of {sector} bytes is not 512 or 4096")
-    if len(head) < 2 * sector:
+    if len(head) < 512:
         return None
     try:
         gpt = _gpt(head, disk_size, sector)

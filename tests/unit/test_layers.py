@@ -38,6 +38,8 @@ PURE = {
     "pvsd.boot.cpio",
     "pvsd.boot.guest_init",
     "pvsd.target.cmdline",
+    "pvsd.boot.partitions",
+    "pvsd.api.ranges",
 }
 # Plain data and its checks: what a pure module may use of pvsd besides other pure modules.
 DATA = {"pvsd.errors", "pvsd.names", "pvsd.units", "pvsd.config", "pvsd.farm.records"}
