@@ -24,6 +24,7 @@ KERNEL = (
 def env(tmp_path: Path) -> dict[str, str]:
     needs.tools(("debugfs", "e2fsprogs"), ("mke2fs", "e2fsprogs"))
     environment = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("PVSD_")},
         "PVSD_FARM__DATABASE": f"sqlite:///{tmp_path}/farm.db",
         "PVSD_SERVER__STORE": str(tmp_path / "store"),
     }
