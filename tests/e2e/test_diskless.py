@@ -135,3 +135,36 @@ def test_a_server_killed_during_the_download_costs_the_boot_nothing(
     assert run.problems(image) == [], run.console[-4000:]
     other = "pvs2" if killed[0] == "pvs1" else "pvs1"
     assert f"pvsd: booting linux version 1 from {other}" in run.console, run.console[-3000:]
+
+
+_PERSIST_SH = """#!/bin/busybox sh
+export PATH=/bin:/sbin:/usr/bin:/usr/sbin
+mount -t proc proc /proc
+echo "GUEST-INIT: root is the streamed vDisk"
+if [ -f /data/boots.txt ]; then echo "PERSISTED $(cat /data/boots.txt)"; else echo "PERSISTED none"; fi
+echo "written by boot $(($(cat /data/boots.txt 2>/dev/null || echo 0) + 1))" > /data/boots.txt
+sync
+{stop_writes}echo "{done}"
+poweroff -f
+"""
+
+
+@pytest.mark.parametrize(
+    ("mode", "second"), [("private", "PERSISTED written by boot"), ("standard", "PERSISTED none")]
+)
+def test_private_keeps_what_the_os_wrote_across_a_reboot_and_standard_starts_clean(
+    tmp_path: Path, overlay: Path, mode: str, second: str
+) -> None:
+    _require()
+    script = _PERSIST_SH.format(
+        stop_writes=guest.STOP_WRITES_SH.format(fail=guest.FAIL_MARKER), done=guest.DONE_MARKER
+    )
+    image = guest.build_rootfs(
+        tmp_path / "persist.img", size=96 << 20, payload_size=24 << 20, init_sh=script, linux=True
+    )
+    with lab_farm(tmp_path / "lab", image, MAC, mode) as farm:
+        first = boot_direct(farm.lab, MAC, overlay, _append(), BOOT_TIMEOUT_S)
+        assert first.done and "PERSISTED none" in first.console, first.console[-3000:]
+        again = boot_direct(farm.lab, MAC, overlay, _append(), BOOT_TIMEOUT_S)
+        assert again.done and second in again.console, again.console[-3000:]
+        assert again.io_errors == []
