@@ -464,7 +464,7 @@ def setup_pvsd_farm(work: Path, image: Image, targets: int) -> dict[str, str]:
         "PVSD_SERVER__STORE": str(work / "store"),
         "PVSD_STREAM__CACHE_DIR": str(work / "cache"),
     }
-    commands = [["vdisk", "import", VDISK, str(image.path), "--quiet"]]
+    commands = [["vdisk", "import", VDISK, str(image.path), "--no-boot", "--quiet"]]
     commands += [["device", "add", mac_of(i), "--name", f"t{i}", "--vdisk", VDISK] for i in range(targets)]
     for command in commands:
         done = subprocess.run(

@@ -315,7 +315,9 @@ def test_server_cache_reads_back_and_is_wiped_at_the_next_fresh_login(tmp_path: 
 
 def test_device_cache_refuses_writes(tmp_path: Path) -> None:
     with stream_farm(tmp_path, size=1 << 20) as farm:
-        farm.run("vdisk", "import", "ro", str(farm.image), "--quiet")  # --cache device, the default
+        farm.run(
+            "vdisk", "import", "ro", str(farm.image), "--no-boot", "--quiet"
+        )  # --cache device, the default
         farm.run("device", "set", MAC, "--vdisk", "ro")
         farm.start("pvs1")
         farm.wait_verified("ro", ("pvs1",))
@@ -327,7 +329,7 @@ def test_device_cache_refuses_writes(tmp_path: Path) -> None:
 
 def test_private_writes_survive_a_restart_and_a_duplicate_is_applied_once(tmp_path: Path) -> None:
     with stream_farm(tmp_path, size=1 << 20) as farm:
-        farm.run("vdisk", "import", "mine", str(farm.image), "--mode", "private", "--quiet")
+        farm.run("vdisk", "import", "mine", str(farm.image), "--mode", "private", "--no-boot", "--quiet")
         farm.run("device", "set", MAC, "--vdisk", "mine")
         farm.run("device", "add", "52:54:00:00:00:05", "--name", "second", "--vdisk", "mine")
         farm.start("pvs1")
@@ -441,7 +443,14 @@ def test_an_image_imported_while_servers_run_is_known_within_seconds(tmp_path: P
         second = tmp_path / "second.raw"
         second.write_bytes(os.urandom(1 << 20))
         # imported by a host that is no farm server, so no replica is reported by the import itself
-        result = pvsd({**farm.env, "PVSD_SERVER__NAME": "workstation"}, "vdisk", "import", "two", str(second))
+        result = pvsd(
+            {**farm.env, "PVSD_SERVER__NAME": "workstation"},
+            "vdisk",
+            "import",
+            "two",
+            str(second),
+            "--no-boot",
+        )
         assert result.returncode == 0, result.stderr
         farm.run("device", "add", "52:54:00:00:00:22", "--name", "t2", "--vdisk", "two")
         farm.wait_verified("two", timeout=SCAN_INTERVAL_S / 2)  # before any full scan could come

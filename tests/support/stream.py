@@ -111,8 +111,18 @@ def stream_farm(
         size = image.stat().st_size
     farm = StreamFarm(env, tmp_path, image, sha, size)
     farm.run("farm", "init")
+    # --no-boot: a guest's ext4 with no kernel, booted here through the host agent
     farm.run(
-        "vdisk", "import", "disk", str(image), "--cache", cache, "--sector-size", str(sector_size), "--quiet"
+        "vdisk",
+        "import",
+        "disk",
+        str(image),
+        "--cache",
+        cache,
+        "--sector-size",
+        str(sector_size),
+        "--no-boot",
+        "--quiet",
     )
     farm.run("device", "add", "52:54:00:00:00:00", "--name", "t0", "--vdisk", "disk")
     with farm.stack:
