@@ -37,6 +37,7 @@ PURE = {
     "pvsd.farm.heartbeats",
     "pvsd.boot.cpio",
     "pvsd.boot.guest_init",
+    "pvsd.boot.partitions",
     "pvsd.target.cmdline",
 }
 # Plain data and its checks: what a pure module may use of pvsd besides other pure modules.
