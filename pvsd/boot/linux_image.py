@@ -144,15 +144,23 @@ def find_linux_boot(image: Path, sector_size: int = 512) -> LinuxBoot | None:
         return None
     root = _first_ext4(image, roots)
     where = "the whole disk" if root.partition == 0 else f"partition {root.partition}"
-    fs = Ext4Image(image, root.offset)
-    try:
-        fs.check()
-    except BadInput:
+    with image.open("rb") as f:
+        f.seek(root.offset)
+        superblock = f.read(2048)
+    if not is_ext4(superblock):
         raise BadInput(
             f"{image}: {where} is a Linux partition but holds no ext4 file system: pvsd reads ext4 roots "
             "only; give --kernel (and --initrd), or --no-boot for a plain disk"
+        )
+    fs = Ext4Image(image, root.offset)
+    try:
+        fs.check()
+        kernels = _kernel_versions(fs)
+    except BadInput as error:
+        raise BadInput(
+            f"{image}: the ext4 file system on {where} is damaged ({error}); repair it with e2fsck, "
+            "or give --kernel (and --initrd)"
         ) from None
-    kernels = _kernel_versions(fs)
     if not kernels:
         raise BadInput(
             f"{image}: the Linux root on {where} has no /boot/vmlinuz-VERSION or /vmlinuz: "

@@ -86,7 +86,9 @@ def root_tree(
             (root / f"boot/vmlinuz-{version}").rename(root / f"boot/kernel/vmlinuz-{version}")
         (root / "vmlinuz").symlink_to(f"boot/../boot/kernel/vmlinuz-{newest}")
         if initrd:
-            (root / "initrd.img").symlink_to(f"/boot/initrd.img-{newest}")
+            for version in versions:
+                (root / f"boot/initrd.img-{version}").rename(root / f"boot/kernel/initrd.img-{version}")
+            (root / "initrd.img").symlink_to(f"/boot/kernel/initrd.img-{newest}")
     return root
 
 
