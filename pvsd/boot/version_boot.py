@@ -76,6 +76,8 @@ def stage_boot_files(
         initrd_sha256=_sha256(folder / INITRD_FILE) if initrd_name else None,
         cmdline=cmdline.strip(),
         root_offset=found.root_offset if found is not None else None,
+        kernel_size=(folder / KERNEL_FILE).stat().st_size,
+        initrd_size=(folder / INITRD_FILE).stat().st_size if initrd_name else None,
     )
 
 
