@@ -86,7 +86,6 @@ def boot_summary(boot: VersionBoot, found: LinuxBoot | None) -> str:
     parts.append(f"initrd {boot.initrd}" if boot.initrd else "no initrd of its own")
     if found is not None:
         where = "the whole disk" if found.root_partition == 0 else f"partition {found.root_partition}"
-        parts.append(f"root on {where}")
         if found.missing_modules:
             parts.append(
                 "WARNING: its /lib/modules lacks "
@@ -95,6 +94,7 @@ def boot_summary(boot: VersionBoot, found: LinuxBoot | None) -> str:
             )
         else:
             parts.append("modules ok")
+        parts.append(f"root on {where}")
         if found.other_versions:
             parts.append("other kernels: " + ", ".join(found.other_versions))
     else:
