@@ -90,6 +90,11 @@ class Ext4Image:
             target = self._read_raw(path).decode(errors="replace")
         return kind, target
 
+    def readlink(self, path: str) -> str | None:
+        """The target a symlink names, as written (absolute or relative); None for anything else."""
+        kind, target = self._stat(posixpath.normpath("/" + path.lstrip("/")))
+        return target if kind == "symlink" else None
+
     def resolve(self, path: str) -> str | None:
         """`path` with its symlinks followed (absolute or relative), or None if it does not exist."""
         current = posixpath.normpath("/" + path.lstrip("/"))

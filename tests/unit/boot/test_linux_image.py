@@ -50,6 +50,9 @@ def test_vmlinuz_symlinks_relative_and_absolute(tmp_path: Path) -> None:
     assert found is not None
     assert (found.kernel, found.kernel_version, found.initrd) == ("/vmlinuz", VERSION, "/initrd.img")
     fs = Ext4Image(image, found.root_offset)
+    assert fs.readlink("/vmlinuz") == f"boot/../boot/kernel/vmlinuz-{VERSION}"
+    assert fs.readlink("/initrd.img") == f"/boot/kernel/initrd.img-{VERSION}"
+    assert fs.readlink("/sbin/init") is None and fs.readlink("/nothing") is None
     assert fs.resolve("/vmlinuz") == f"/boot/kernel/vmlinuz-{VERSION}"
     assert fs.resolve("/initrd.img") == f"/boot/kernel/initrd.img-{VERSION}"
     assert fs.read("/vmlinuz") == fake_kernel(VERSION)
