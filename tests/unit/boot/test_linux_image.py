@@ -8,6 +8,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pvsd.boot.ext4 import Ext4Image
 from pvsd.boot.linux_image import find_linux_boot, module_closure, module_order
@@ -209,3 +211,10 @@ def test_a_partition_past_the_end(tmp_path: Path) -> None:
         f.truncate(4 << 20)
     with pytest.raises(BadInput, match=r"GPT partition 1 ends at byte .* past the end"):
         find_linux_boot(image, 512)
+
+
+@settings(max_examples=200)
+@given(st.text(alphabet="ab/.:- \nko", max_size=300), st.text(alphabet="ab/.ko\n", max_size=60))
+def test_module_order_takes_any_index_text(dep: str, builtin: str) -> None:
+    order, missing = module_order(dep, builtin, ["a", "b", "ab"])
+    assert len(order) == len(set(order)) and len(missing) == len(set(missing))
