@@ -49,15 +49,20 @@ class Ext4Image:
                 raise BadInput(
                     f"{self.image}: debugfs took over {TIMEOUT_S:.0f} s (a damaged file system?)"
                 ) from None
+        # debugfs exits 0 whatever its commands met; what went wrong is on stderr, one line per
+        # failed command. A missing path is an answer (callers ask whether files exist); any
+        # other complaint (bad magic, illegal block numbers, checksums) means a damaged file system.
         problems = [
-            line
+            line.strip()
             for line in done.stderr.splitlines()
-            if "while trying to open" in line or "Bad magic" in line or "Could not open" in line
+            if line.strip()
+            and not line.startswith("debugfs ")
+            and "File not found by ext2_lookup" not in line
         ]
-        if problems or "Filesystem not open" in done.stdout + done.stderr:
-            detail = problems[0] if problems else "the file system cannot be opened"
+        if problems or done.returncode != 0:
+            detail = problems[0] if problems else f"debugfs exited with {done.returncode}"
             raise BadInput(
-                f"{self.image} at byte {self.offset}: not a readable ext4 file system ({detail.strip()})"
+                f"{self.image} at byte {self.offset}: not a readable ext4 file system (debugfs: {detail})"
             )
         return done.stdout
 
@@ -87,6 +92,11 @@ class Ext4Image:
         if kind == "symlink" and target is None:
             target = self._read_raw(path).decode(errors="replace")
         return kind, target
+
+    def readlink(self, path: str) -> str | None:
+        """The target a symlink names, as written (absolute or relative); None for anything else."""
+        kind, target = self._stat(posixpath.normpath("/" + path.lstrip("/")))
+        return target if kind == "symlink" else None
 
     def resolve(self, path: str) -> str | None:
         """`path` with its symlinks followed (absolute or relative), or None if it does not exist."""

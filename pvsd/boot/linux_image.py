@@ -17,13 +17,25 @@ from pathlib import Path
 from pvsd.boot.agent_initramfs import AgentModule
 from pvsd.boot.builds import AGENT_MODULES, OPTIONAL_MODULES
 from pvsd.boot.ext4 import Ext4Image
-from pvsd.boot.partitions import HEAD_BYTES, find_linux_roots
+from pvsd.boot.partitions import HEAD_BYTES, LinuxRoot, find_linux_roots, is_ext4
 from pvsd.errors import BadInput
 from pvsd.net.reader import DecodeError
 
-__all__ = ["LinuxBoot", "find_linux_boot", "module_closure", "read_agent_modules"]
+__all__ = [
+    "GUEST_MODULES",
+    "LinuxBoot",
+    "ModuleFile",
+    "find_linux_boot",
+    "module_closure",
+    "module_order",
+    "modules_root",
+    "read_agent_modules",
+]
 
 REQUIRED_MODULES = ("nbd", "ext4")  # without these the guest cannot mount its root at all
+# What the diskless guest loads: its NICs under QEMU, the NBD disk and its root's file system.
+GUEST_MODULES = AGENT_MODULES
+MAX_DEPTH = 64  # modules.dep is acyclic; this bounds a damaged one
 _VERSION_PARTS = re.compile(r"\d+")
 
 
@@ -38,13 +50,21 @@ class LinuxBoot:
     other_versions: tuple[str, ...] = ()
 
 
+@dataclass(frozen=True)
+class ModuleFile:
+    """One kernel module to load: its name (as modprobe spells it) and its path in the image."""
+
+    name: str
+    path: str
+
+
 def _module_name(path: str) -> str:
     return Path(path).name.split(".ko", 1)[0].replace("-", "_")
 
 
-def module_closure(modules_dep: str, builtin: str, names: Sequence[str]) -> tuple[list[str], list[str]]:
-    """(module paths in load order, dependencies first; names found nowhere) from the text of
-    modules.dep and modules.builtin. Built-in modules need no loading and are left out."""
+def module_order(modules_dep: str, builtin: str, names: Sequence[str]) -> tuple[list[str], list[str]]:
+    """(module paths in load order, dependencies first, each once; names found nowhere) from the
+    text of modules.dep and modules.builtin. Built-in modules need no loading and are left out."""
     deps: dict[str, tuple[str, list[str]]] = {}
     for line in modules_dep.splitlines():
         path, _, rest = line.partition(":")
@@ -55,10 +75,11 @@ def module_closure(modules_dep: str, builtin: str, names: Sequence[str]) -> tupl
     missing: list[str] = []
 
     def add(name: str, depth: int) -> None:
-        if name in built_in or depth > 64:
+        if name in built_in or depth > MAX_DEPTH:
             return
         if name not in deps:
-            missing.append(name)
+            if name not in missing:
+                missing.append(name)
             return
         path, needs = deps[name]
         for need in needs:
@@ -86,7 +107,7 @@ def _kernel_versions(fs: Ext4Image) -> dict[str, str]:
     return found
 
 
-def _modules_root(fs: Ext4Image, version: str) -> str | None:
+def modules_root(fs: Ext4Image, version: str) -> str | None:
     for base in ("/lib/modules", "/usr/lib/modules"):
         if version in fs.listdir(base):
             return f"{base}/{version}"
@@ -95,6 +116,17 @@ def _modules_root(fs: Ext4Image, version: str) -> str | None:
 
 def _newest(versions: Sequence[str]) -> str:
     return max(versions, key=lambda v: [int(n) for n in _VERSION_PARTS.findall(v)])
+
+
+def _first_ext4(image: Path, roots: Sequence[LinuxRoot]) -> LinuxRoot:
+    """The first candidate whose superblock says ext4 (partitions start past the head the table
+    was read from), else the first: its error then names what it holds instead."""
+    with image.open("rb") as f:
+        for root in roots:
+            f.seek(root.offset)
+            if is_ext4(f.read(2048)):
+                return root
+    return roots[0]
 
 
 def find_linux_boot(image: Path, sector_size: int = 512) -> LinuxBoot | None:
@@ -110,17 +142,25 @@ def find_linux_boot(image: Path, sector_size: int = 512) -> LinuxBoot | None:
         raise BadInput(f"{image}: {error}") from None
     if not roots:
         return None
-    root = roots[0]
+    root = _first_ext4(image, roots)
     where = "the whole disk" if root.partition == 0 else f"partition {root.partition}"
-    fs = Ext4Image(image, root.offset)
-    try:
-        fs.check()
-    except BadInput:
+    with image.open("rb") as f:
+        f.seek(root.offset)
+        superblock = f.read(2048)
+    if not is_ext4(superblock):
         raise BadInput(
             f"{image}: {where} is a Linux partition but holds no ext4 file system: pvsd reads ext4 roots "
             "only; give --kernel (and --initrd), or --no-boot for a plain disk"
+        )
+    fs = Ext4Image(image, root.offset)
+    try:
+        fs.check()
+        kernels = _kernel_versions(fs)
+    except BadInput as error:
+        raise BadInput(
+            f"{image}: the ext4 file system on {where} is damaged ({error}); repair it with e2fsck, "
+            "or give --kernel (and --initrd)"
         ) from None
-    kernels = _kernel_versions(fs)
     if not kernels:
         raise BadInput(
             f"{image}: the Linux root on {where} has no /boot/vmlinuz-VERSION or /vmlinuz: "
@@ -136,10 +176,10 @@ def find_linux_boot(image: Path, sector_size: int = 512) -> LinuxBoot | None:
         None,
     )
     missing: tuple[str, ...] = tuple(AGENT_MODULES)
-    modules = _modules_root(fs, version) if version else None
+    modules = modules_root(fs, version) if version else None
     if modules is not None:
         texts = fs.read_many([f"{modules}/modules.dep", f"{modules}/modules.builtin"])
-        _, absent = module_closure(
+        _, absent = module_order(
             texts.get(f"{modules}/modules.dep", b"").decode(errors="replace"),
             texts.get(f"{modules}/modules.builtin", b"").decode(errors="replace"),
             AGENT_MODULES,
@@ -156,6 +196,28 @@ def find_linux_boot(image: Path, sector_size: int = 512) -> LinuxBoot | None:
     )
 
 
+def module_closure(fs: Ext4Image, kernel_version: str, names: Sequence[str]) -> list[ModuleFile]:
+    """The modules to read out of the image for `names`, in load order (dependencies first, each
+    once), skipping built-in ones. BadInput naming what the image lacks: no /lib/modules/VERSION
+    (nor /usr/lib/modules/VERSION), or a module in neither modules.dep nor modules.builtin."""
+    modules = modules_root(fs, kernel_version)
+    if modules is None:
+        raise BadInput(
+            f"{fs.image}: no /lib/modules/{kernel_version} (nor /usr/lib/modules/{kernel_version})"
+        )
+    texts = fs.read_many([f"{modules}/modules.dep", f"{modules}/modules.builtin"])
+    if f"{modules}/modules.dep" not in texts:
+        raise BadInput(f"{fs.image}: {modules} has no modules.dep (run depmod {kernel_version} in the image)")
+    order, missing = module_order(
+        texts[f"{modules}/modules.dep"].decode(errors="replace"),
+        texts.get(f"{modules}/modules.builtin", b"").decode(errors="replace"),
+        names,
+    )
+    if missing:
+        raise BadInput(f"{fs.image}: the kernel {kernel_version} has no module {', '.join(missing)}")
+    return [ModuleFile(_module_name(path), f"{modules}/{path}") for path in order]
+
+
 def _uncompressed(path: str, data: bytes) -> bytes:
     """busybox insmod reads plain .ko files only."""
     if path.endswith(".xz"):
@@ -168,14 +230,14 @@ def _uncompressed(path: str, data: bytes) -> bytes:
 def read_agent_modules(image: Path, root_offset: int, kernel_version: str) -> tuple[str, list[AgentModule]]:
     """The modules the agent loads, out of the image's own /lib/modules/VERSION, in load order."""
     fs = Ext4Image(image, root_offset)
-    modules = _modules_root(fs, kernel_version)
+    modules = modules_root(fs, kernel_version)
     if modules is None:
         raise BadInput(f"{image}: no /lib/modules/{kernel_version} for the agent's kernel modules")
     texts = fs.read_many([f"{modules}/modules.dep", f"{modules}/modules.builtin"])
     dep = texts.get(f"{modules}/modules.dep", b"").decode(errors="replace")
     builtin = texts.get(f"{modules}/modules.builtin", b"").decode(errors="replace")
-    order, missing = module_closure(dep, builtin, AGENT_MODULES)
-    optional, _ = module_closure(dep, builtin, OPTIONAL_MODULES)
+    order, missing = module_order(dep, builtin, AGENT_MODULES)
+    optional, _ = module_order(dep, builtin, OPTIONAL_MODULES)
     order += [path for path in optional if path not in order]
     if any(name in missing for name in REQUIRED_MODULES):
         raise BadInput(f"{image}: the image's kernel {kernel_version} lacks {', '.join(missing)}")

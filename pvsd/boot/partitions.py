@@ -14,6 +14,7 @@ import struct
 import uuid
 import zlib
 from dataclasses import dataclass
+from typing import Any
 
 from pvsd.net.reader import DecodeError, Reader
 
@@ -39,14 +40,16 @@ _GPT_ENTRY_HEAD = struct.Struct("<16s16sQQQ")
 
 
 class MbrType(enum.IntEnum):
-    """MBR partition types (the usual registry of Linux fdisk)."""
+    """MBR partition types (UEFI 2.10 section 5.2.1 defines 0xEE, the protective MBR of a GPT
+    disk, and 0xEF; the others are the registry of Linux fdisk)."""
 
     EMPTY = 0x00
     LINUX = 0x83
     GPT_PROTECTIVE = 0xEE
 
 
-# UEFI 2.10 table 5.14 and the Discoverable Partitions Specification.
+# Partition type GUIDs: UEFI 2.10 section 5.3.3 (the entry's PartitionTypeGUID; table 5.14 lists
+# the UEFI ones) and the UAPI Discoverable Partitions Specification for the Linux ones.
 LINUX_FILESYSTEM = uuid.UUID("0FC63DAF-8483-4772-8E79-3D69D8477DE4")
 LINUX_ROOT_X86_64 = uuid.UUID("4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709")
 LINUX_GUIDS = (LINUX_ROOT_X86_64, LINUX_FILESYSTEM)
@@ -74,6 +77,11 @@ def is_ext4(data: bytes, offset: int = 0) -> bool:
     return len(data) >= at + 2 and int.from_bytes(data[at : at + 2], "little") == EXT4_MAGIC
 
 
+def _unpack(layout: struct.Struct, data: bytes, at: int) -> tuple[Any, ...]:
+    """One little-endian record at `at`, through the bounded reader: short data is a DecodeError."""
+    return layout.unpack(Reader(data[at : at + layout.size]).take(layout.size))
+
+
 def _past_the_end(table: str, number: int, end: int, disk_size: int) -> str:
     return f"{table} partition {number} ends at byte {end}, past the end of the {disk_size}-byte disk"
 
@@ -83,7 +91,7 @@ def _mbr(head: bytes, disk_size: int, sector: int) -> list[Partition] | None:
         return None
     found = []
     for index in range(4):
-        _, _, kind, _, first, count = _MBR_ENTRY.unpack_from(head, 446 + 16 * index)
+        _, _, kind, _, first, count = _unpack(_MBR_ENTRY, head, 446 + 16 * index)
         if kind == MbrType.EMPTY or count == 0:
             continue
         if kind == MbrType.GPT_PROTECTIVE:
@@ -99,7 +107,7 @@ def _gpt(head: bytes, disk_size: int, sector: int) -> list[Partition] | None:
     header = head[sector : sector + 512]
     if header[:8] != GPT_SIGNATURE:
         return None
-    fields = _GPT_HEADER.unpack_from(Reader(header).take(_GPT_HEADER.size))
+    fields = _unpack(_GPT_HEADER, header, 0)
     header_size, crc = fields[2], fields[3]
     if not 92 <= header_size <= sector:
         raise DecodeError(f"GPT header size {header_size} is not within 92-{sector}")
@@ -118,7 +126,7 @@ def _gpt(head: bytes, disk_size: int, sector: int) -> list[Partition] | None:
         raise DecodeError("GPT entry array CRC32 does not match: the partition table is damaged")
     found = []
     for index in range(count):
-        kind, _, first, last, _ = _GPT_ENTRY_HEAD.unpack_from(array, index * entry_size)
+        kind, _, first, last, _ = _unpack(_GPT_ENTRY_HEAD, array, index * entry_size)
         if kind == bytes(16):
             continue
         if last < first:
@@ -137,11 +145,8 @@ def decode_partitions(head: bytes, disk_size: int, sector: int = 512) -> list[Pa
         raise DecodeError(f"a sector of {sector} bytes is not 512 or 4096")
     if len(head) < 512:
         return None
-    try:
-        gpt = _gpt(head, disk_size, sector)
-        return gpt if gpt is not None else _mbr(head, disk_size, 512 if sector == 512 else sector)
-    except struct.error:
-        raise DecodeError("the partition table is truncated") from None
+    gpt = _gpt(head, disk_size, sector)
+    return gpt if gpt is not None else _mbr(head, disk_size, sector)
 
 
 def find_linux_roots(head: bytes, disk_size: int, sector: int = 512) -> list[LinuxRoot]:

@@ -76,6 +76,8 @@ def stage_boot_files(
         initrd_sha256=_sha256(folder / INITRD_FILE) if initrd_name else None,
         cmdline=cmdline.strip(),
         root_offset=found.root_offset if found is not None else None,
+        kernel_size=(folder / KERNEL_FILE).stat().st_size,
+        initrd_size=(folder / INITRD_FILE).stat().st_size if initrd_name else None,
     )
 
 
@@ -84,7 +86,6 @@ def boot_summary(boot: VersionBoot, found: LinuxBoot | None) -> str:
     parts.append(f"initrd {boot.initrd}" if boot.initrd else "no initrd of its own")
     if found is not None:
         where = "the whole disk" if found.root_partition == 0 else f"partition {found.root_partition}"
-        parts.append(f"root on {where}")
         if found.missing_modules:
             parts.append(
                 "WARNING: its /lib/modules lacks "
@@ -93,6 +94,7 @@ def boot_summary(boot: VersionBoot, found: LinuxBoot | None) -> str:
             )
         else:
             parts.append("modules ok")
+        parts.append(f"root on {where}")
         if found.other_versions:
             parts.append("other kernels: " + ", ".join(found.other_versions))
     else:

@@ -138,11 +138,18 @@ def _import(args: argparse.Namespace, config: Config) -> int:
         shape = VDiskShape(result.size, sector_size, AccessMode(args.mode), WriteCache(args.cache))
 
         def place(number: int) -> None:
-            if boot is not None:
-                destination = boot_folder(store_folder, args.name, number)
+            if boot is None:
+                move_image(staged, image_path(store_folder, args.name, number))
+                return
+            destination = boot_folder(store_folder, args.name, number)
+            shutil.rmtree(destination, ignore_errors=True)  # left by a vDisk of this name removed before
+            staged_boot.rename(destination)
+            try:
+                move_image(staged, image_path(store_folder, args.name, number))
+            except BaseException:
+                # the version is not recorded: its boot files must not outlive the failed import
                 shutil.rmtree(destination, ignore_errors=True)
-                staged_boot.rename(destination)
-            move_image(staged, image_path(store_folder, args.name, number))
+                raise
 
         version = store.import_version(args.name, shape, result.sha256, here, place=place, boot=boot)
     finally:

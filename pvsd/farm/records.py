@@ -143,6 +143,8 @@ class VersionBoot:
     initrd_sha256: str | None = None
     cmdline: str = ""  # the version's own, after [boot] cmdline
     root_offset: int | None = None  # byte offset of the ext4 holding /lib/modules; None: not found
+    kernel_size: int = 0  # bytes of the extracted vmlinuz (0: recorded before migration 6)
+    initrd_size: int | None = None
 
 
 @dataclass(frozen=True)

@@ -134,6 +134,14 @@ MIGRATIONS: tuple[Migration, ...] = (
                     REFERENCES vdisk_versions(vdisk_id, number) ON DELETE CASCADE)""",
         ),
     ),
+    Migration(
+        6,
+        "the sizes of a version's extracted kernel and initramfs, beside their sha256",
+        (
+            "ALTER TABLE version_boot ADD COLUMN kernel_size BIGINT NOT NULL DEFAULT 0",
+            "ALTER TABLE version_boot ADD COLUMN initrd_size BIGINT",
+        ),
+    ),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version

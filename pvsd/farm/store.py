@@ -524,7 +524,8 @@ class FarmStore:
         self._exec(
             cursor,
             "INSERT INTO version_boot (vdisk_id, number, kernel, kernel_version, kernel_sha256, initrd, "
-            "initrd_sha256, cmdline, root_offset) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "initrd_sha256, cmdline, root_offset, kernel_size, initrd_size) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 vdisk_id,
                 number,
@@ -535,6 +536,8 @@ class FarmStore:
                 boot.initrd_sha256,
                 boot.cmdline,
                 boot.root_offset,
+                boot.kernel_size,
+                boot.initrd_size,
             ),
         )
         self._audit(
@@ -542,9 +545,31 @@ class FarmStore:
             "vdisk.version.boot",
             f"{name}.{number}",
             kernel=boot.kernel,
+            kernel_version=boot.kernel_version,
             initrd=boot.initrd,
             cmdline=boot.cmdline,
         )
+
+    def set_version_boot(self, vdisk: str, number: int, boot: VersionBoot | None) -> VDiskVersion:
+        """Record how a version boots diskless, or with None forget it (it then boots through the
+        host agent only). The files themselves are the caller's, in boot_folder()."""
+
+        def work(cursor: Cursor) -> None:
+            vdisk_id = self._id(cursor, "vdisks", "name", vdisk, "vDisk")
+            if not self._one(
+                cursor, "SELECT 1 FROM vdisk_versions WHERE vdisk_id = ? AND number = ?", (vdisk_id, number)
+            ):
+                raise NotFound(f"vDisk {vdisk!r} has no version {number}")
+            if boot is not None:
+                self._set_boot_in(cursor, vdisk_id, vdisk, number, boot)
+                return
+            self._exec(
+                cursor, "DELETE FROM version_boot WHERE vdisk_id = ? AND number = ?", (vdisk_id, number)
+            )
+            self._audit(cursor, "vdisk.version.boot.clear", f"{vdisk}.{number}")
+
+        self._run(True, work)
+        return next(v for v in self.get_vdisk(vdisk).versions if v.number == number)
 
     def get_vdisk(self, name: str) -> VDisk:
         found = [vdisk for vdisk in self._vdisks(name) if vdisk.name == name]
@@ -582,11 +607,13 @@ class FarmStore:
                 initrd_sha256=row[6],
                 cmdline=row[7],
                 root_offset=None if row[8] is None else int(row[8]),
+                kernel_size=int(row[9]),
+                initrd_size=None if row[10] is None else int(row[10]),
             )
             for row in self._all(
                 cursor,
                 f"""SELECT v.name, b.number, b.kernel, b.kernel_version, b.kernel_sha256, b.initrd,
-                        b.initrd_sha256, b.cmdline, b.root_offset
+                        b.initrd_sha256, b.cmdline, b.root_offset, b.kernel_size, b.initrd_size
                     FROM version_boot b JOIN vdisks v ON v.id = b.vdisk_id {where}""",
                 params,
             )

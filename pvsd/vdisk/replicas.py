@@ -8,6 +8,8 @@ sidecar written at import while the file's size and mtime are unchanged, so a sc
 stat per image. Servers on one host may share one store: each reports its own replicas.
 
 A private-mode image changes with every write by design: it is checked by size only.
+Only each version's image is looked at, by its name: the boot folder beside it (vN.boot, the
+kernel and initramfs extracted at import) is no replica and is never reported.
 """
 
 from __future__ import annotations

@@ -37,6 +37,7 @@ PURE = {
     "pvsd.farm.heartbeats",
     "pvsd.boot.cpio",
     "pvsd.boot.guest_init",
+    "pvsd.boot.partitions",
     "pvsd.target.cmdline",
     "pvsd.boot.partitions",
     "pvsd.api.ranges",
