@@ -39,7 +39,6 @@ PURE = {
     "pvsd.boot.guest_init",
     "pvsd.boot.partitions",
     "pvsd.target.cmdline",
-    "pvsd.boot.partitions",
     "pvsd.api.ranges",
 }
 # Plain data and its checks: what a pure module may use of pvsd besides other pure modules.
