@@ -16,6 +16,7 @@ logged at most once a minute per name prefix, so a scan does not flood the log.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
@@ -88,7 +89,7 @@ class BootHttp:
                 method=request.method,
                 status=response.status,
                 range=request.headers.get("Range"),
-                bytes=response.content_length,
+                bytes=response.content_length if response.content_length is not None else request.get("size"),
             )
         return response
 
@@ -104,12 +105,21 @@ class BootHttp:
                     path = await resolver(name.removeprefix(prefix))
                 except PvsdError as error:
                     return _problem(503, f"{name}: {error}")
-                return web.FileResponse(path) if path is not None else _problem(404, f"no {name} here")
+                return (
+                    await _from_disk(request, path) if path is not None else _problem(404, f"no {name} here")
+                )
         try:
             path = find_file(self.folders, name)
         except TftpError as refused:
             return _problem(404, f"{name}: {refused.message}")
-        return web.FileResponse(path)
+        return await _from_disk(request, path)
+
+
+async def _from_disk(request: web.Request, path: Path) -> web.StreamResponse:
+    """aiohttp streams it (sendfile where the loop has it) and answers Range and the conditionals."""
+    info = await asyncio.to_thread(path.stat)
+    request["size"] = info.st_size  # for the log line: FileResponse knows its length only once sent
+    return web.FileResponse(path)
 
 
 def _problem(status: int, detail: str) -> web.Response:

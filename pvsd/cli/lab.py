@@ -38,7 +38,7 @@ def register(commands: Commands) -> None:
     )
 
     boot = command("boot", _boot, "boot a QEMU target until a console marker appears or time runs out")
-    boot.add_argument("--firmware", choices=("bios", "uefi", "uefi-native"), default="bios")
+    boot.add_argument("--firmware", choices=("bios", "uefi", "uefi-native", "uefi-http"), default="bios")
     boot.add_argument("--mac", help="the target's MAC (default: random 52:54:00:xx:xx:xx)")
     boot.add_argument(
         "--until", default=None, metavar="REGEX", help="console marker that ends the boot (pvsd device:)"

@@ -333,6 +333,8 @@ class Lab:
         # One store and one write-cache folder for all: servers on one host may share them.
         store = self.state / "store"
         store.mkdir(parents=True, exist_ok=True)
+        tftp_root = self.state / "tftp"
+        tftp_root.mkdir(parents=True, exist_ok=True)
         env = {
             "PVSD_FARM__DATABASE": self.database,
             "PVSD_FARM__HEARTBEAT_INTERVAL": "1",
@@ -340,7 +342,9 @@ class Lab:
             "PVSD_SERVER__STORE": str(store),
             "PVSD_DHCP__ENABLED": "true",
             "PVSD_DHCP__INTERFACE": server.interface,
-            "PVSD_TFTP__ROOT": "/usr/lib/ipxe",
+            # The iPXE binaries come from [tftp] ipxe_dir (/usr/lib/ipxe), whose own symlinks may
+            # point out (ipxe.efi -> /boot/ipxe.efi); as the root they would be refused.
+            "PVSD_TFTP__ROOT": str(tftp_root),
             # QEMU under TCG needs the CPUs: one TFTP process, and no spinning for ACKs.
             "PVSD_TFTP__WORKERS": "1",
             "PVSD_TFTP__BUSY_POLL_US": "0",

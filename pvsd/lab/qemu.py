@@ -37,6 +37,7 @@ class Firmware(enum.StrEnum):
     BIOS = "bios"  # SeaBIOS + iPXE's BIOS ROM on an e1000
     UEFI = "uefi"  # OVMF + iPXE's EFI ROM on an e1000
     UEFI_NATIVE = "uefi-native"  # OVMF's own PXE client on virtio-net (no option ROM)
+    UEFI_HTTP = "uefi-http"  # OVMF's own HTTP boot client on virtio-net: its PXE turned off
 
 
 def qemu_command(firmware: Firmware, mac: str, tap: str, memory_mb: int = 256) -> list[str]:
@@ -60,6 +61,11 @@ def qemu_command(firmware: Firmware, mac: str, tap: str, memory_mb: int = 256) -
     else:
         # OVMF has no e1000 driver but has virtio-net; an empty romfile keeps iPXE out of it.
         argv += ["-machine", "q35", "-bios", OVMF, "-device", f"virtio-net-pci,netdev=n0,mac={mac},romfile="]
+    if firmware is Firmware.UEFI_HTTP:
+        # OVMF tries PXEv4, PXEv6, then HTTPv4: its fw_cfg knobs (edk2 since 2020-05) drop the PXE
+        # boot options, so the first one it tries is HTTPv4 (vendor class HTTPClient, arch 16).
+        for knob in ("IPv4PXESupport", "IPv6PXESupport"):
+            argv += ["-fw_cfg", f"name=opt/org.tianocore/{knob},string=n"]
     return argv
 
 

@@ -245,3 +245,21 @@ def _all_events(lab: Lab) -> list[dict[str, Any]]:
         for event in map(_json_or_none, lab.server_log(f"pvs{number}").splitlines())
         if event is not None
     ]
+
+
+def test_ovmf_http_boot_loads_ipxe_efi_over_http_then_the_script(lab: Lab) -> None:
+    mac = "52:54:00:77:00:04"
+    result = _boot(lab, Firmware.UEFI_HTTP, mac)
+    console = result.console
+    assert re.search(rf"http://{SERVER_ADDRESS}:54321/boot/ipxe\.efi", console), "no HTTP boot URL"
+    _assert_ipxe_chain(result, mac)
+    offers = [e for e in _events(lab, mac) if e["event"] == "proxy offer"]
+    http_offers = [e for e in offers if e["bootfile"].startswith("http://")]
+    assert http_offers and all(e["bootfile"].endswith(":54321/boot/ipxe.efi") for e in http_offers)
+    served = [
+        e
+        for number in range(1, SERVERS + 1)
+        for e in map(_json_or_none, lab.server_log(f"pvs{number}").splitlines())
+        if e is not None and e.get("event") == "boot file served" and e.get("name") == "ipxe.efi"
+    ]
+    assert served and served[-1]["bytes"] == Path("/usr/lib/ipxe/ipxe.efi").stat().st_size
