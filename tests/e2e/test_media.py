@@ -10,6 +10,8 @@ xorriso and ISOLINUX are installed by `make test`, and a missing one fails.
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,7 +20,6 @@ from support import needs
 from support.media_lab import MediaLab, host, http_stand_in
 
 from pvsd.boot.media_iso import HYBRID_MBR, MEDIA_PARTS
-from pvsd.cli import main
 from pvsd.farm.store import open_store
 
 BOOT_TIMEOUT_S = 60.0
@@ -26,6 +27,12 @@ API_PORT = 54321
 MAC = "52:54:00:4d:ed:1a"
 MARKER = "pvsd-media-e2e: device script reached"
 DEAD, LIVE = 1, 2
+
+
+def _pvsd(*argv: str) -> subprocess.CompletedProcess[str]:
+    """The real command in a subprocess: in this process, its logging setup would outlive the
+    test's captured stderr and break every later test that logs."""
+    return subprocess.run([sys.executable, "-m", "pvsd", *argv], timeout=120, capture_output=True, text=True)
 
 
 @pytest.fixture
@@ -54,7 +61,7 @@ def farm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     monkeypatch.setenv("PVSD_FARM__DATABASE", url)
     monkeypatch.setenv("PVSD_SERVER__NAME", f"pvs{DEAD}")
     monkeypatch.delenv("PVSD_CONFIG", raising=False)
-    assert main(["farm", "init", "--name", "media"]) == 0
+    assert _pvsd("farm", "init", "--name", "media").returncode == 0
     store = open_store(url, "test")
     for number in (DEAD, LIVE):
         store.register_server(f"pvs{number}", host(10 + number), {"api": API_PORT}, 1.0, "i", 3600.0)
@@ -77,8 +84,9 @@ def test_bios_media_takes_dhcp_skips_the_dead_server_and_chains_the_live_ones_sc
     media_lab: MediaLab, farm: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     iso = tmp_path / "pvsd.iso"
-    assert main(["media", "build", "--out", str(iso)]) == 0
-    out = capsys.readouterr().out
+    built = _pvsd("media", "build", "--out", str(iso))
+    assert built.returncode == 0, built.stderr
+    out = built.stdout
     assert out.index("pvs1") < out.index("pvs2"), out
     console = _boot(media_lab, iso)
     assert "asking DHCP" in console
@@ -92,7 +100,10 @@ def test_bios_media_with_a_static_address_needs_no_dhcp(
 ) -> None:
     iso = tmp_path / "pvsd-static.iso"
     address = host(77)
-    assert main(["media", "build", "--out", str(iso), "--ip", f"{address}/24", "--gateway", host(1)]) == 0
+    assert (
+        _pvsd("media", "build", "--out", str(iso), "--ip", f"{address}/24", "--gateway", host(1)).returncode
+        == 0
+    )
     capsys.readouterr()
     console = _boot(media_lab, iso)
     assert "asking DHCP" not in console
