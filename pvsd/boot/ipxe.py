@@ -181,9 +181,8 @@ def diskless_script(
         vdisk=boot.vdisk,
     )
     initrds = ([IMAGE_INITRD_NAME] if boot.has_initrd else []) + [AGENT_OVERLAY_NAME]
-    arguments = " ".join(
-        [*(f"initrd={name}" for name in initrds), boot.cmdline.strip(), guest_arguments(guest)]
-    ).replace("  ", " ")
+    words = [*(f"initrd={name}" for name in initrds), boot.cmdline.strip(), guest_arguments(guest)]
+    arguments = " ".join(word for word in words if word)
     timeout = download_timeout_ms
     lines = [
         "#!ipxe",

@@ -22,7 +22,6 @@ from pvsd.errors import BadInput
 from pvsd.net.reader import DecodeError
 
 __all__ = [
-    "GUEST_MODULES",
     "LinuxBoot",
     "ModuleFile",
     "find_linux_boot",
@@ -33,8 +32,6 @@ __all__ = [
 ]
 
 REQUIRED_MODULES = ("nbd", "ext4")  # without these the guest cannot mount its root at all
-# What the diskless guest loads: its NICs under QEMU, the NBD disk and its root's file system.
-GUEST_MODULES = AGENT_MODULES
 MAX_DEPTH = 64  # modules.dep is acyclic; this bounds a damaged one
 _VERSION_PARTS = re.compile(r"\d+")
 
@@ -118,15 +115,23 @@ def _newest(versions: Sequence[str]) -> str:
     return max(versions, key=lambda v: [int(n) for n in _VERSION_PARTS.findall(v)])
 
 
-def _first_ext4(image: Path, roots: Sequence[LinuxRoot]) -> LinuxRoot:
+def _first_ext4(image: Path, roots: Sequence[LinuxRoot]) -> tuple[LinuxRoot, bool]:
     """The first candidate whose superblock says ext4 (partitions start past the head the table
-    was read from), else the first: its error then names what it holds instead."""
+    was read from), else the first and False: its error then names what it holds instead."""
     with image.open("rb") as f:
         for root in roots:
             f.seek(root.offset)
             if is_ext4(f.read(2048)):
-                return root
-    return roots[0]
+                return root, True
+    return roots[0], False
+
+
+def _module_index(fs: Ext4Image, modules: str) -> tuple[str | None, str]:
+    """modules.dep (None when absent) and modules.builtin of one /lib/modules/VERSION."""
+    texts = fs.read_many([f"{modules}/modules.dep", f"{modules}/modules.builtin"])
+    dep = texts.get(f"{modules}/modules.dep")
+    builtin = texts.get(f"{modules}/modules.builtin", b"").decode(errors="replace")
+    return (dep.decode(errors="replace") if dep is not None else None), builtin
 
 
 def find_linux_boot(image: Path, sector_size: int = 512) -> LinuxBoot | None:
@@ -142,12 +147,9 @@ def find_linux_boot(image: Path, sector_size: int = 512) -> LinuxBoot | None:
         raise BadInput(f"{image}: {error}") from None
     if not roots:
         return None
-    root = _first_ext4(image, roots)
+    root, ext4 = _first_ext4(image, roots)
     where = "the whole disk" if root.partition == 0 else f"partition {root.partition}"
-    with image.open("rb") as f:
-        f.seek(root.offset)
-        superblock = f.read(2048)
-    if not is_ext4(superblock):
+    if not ext4:
         raise BadInput(
             f"{image}: {where} is a Linux partition but holds no ext4 file system: pvsd reads ext4 roots "
             "only; give --kernel (and --initrd), or --no-boot for a plain disk"
@@ -178,13 +180,8 @@ def find_linux_boot(image: Path, sector_size: int = 512) -> LinuxBoot | None:
     missing: tuple[str, ...] = tuple(AGENT_MODULES)
     modules = modules_root(fs, version) if version else None
     if modules is not None:
-        texts = fs.read_many([f"{modules}/modules.dep", f"{modules}/modules.builtin"])
-        _, absent = module_order(
-            texts.get(f"{modules}/modules.dep", b"").decode(errors="replace"),
-            texts.get(f"{modules}/modules.builtin", b"").decode(errors="replace"),
-            AGENT_MODULES,
-        )
-        missing = tuple(absent)
+        dep, builtin = _module_index(fs, modules)
+        missing = tuple(module_order(dep or "", builtin, AGENT_MODULES)[1])
     return LinuxBoot(
         root.partition,
         root.offset,
@@ -205,14 +202,10 @@ def module_closure(fs: Ext4Image, kernel_version: str, names: Sequence[str]) -> 
         raise BadInput(
             f"{fs.image}: no /lib/modules/{kernel_version} (nor /usr/lib/modules/{kernel_version})"
         )
-    texts = fs.read_many([f"{modules}/modules.dep", f"{modules}/modules.builtin"])
-    if f"{modules}/modules.dep" not in texts:
+    dep, builtin = _module_index(fs, modules)
+    if dep is None:
         raise BadInput(f"{fs.image}: {modules} has no modules.dep (run depmod {kernel_version} in the image)")
-    order, missing = module_order(
-        texts[f"{modules}/modules.dep"].decode(errors="replace"),
-        texts.get(f"{modules}/modules.builtin", b"").decode(errors="replace"),
-        names,
-    )
+    order, missing = module_order(dep, builtin, names)
     if missing:
         raise BadInput(f"{fs.image}: the kernel {kernel_version} has no module {', '.join(missing)}")
     return [ModuleFile(_module_name(path), f"{modules}/{path}") for path in order]
@@ -233,11 +226,9 @@ def read_agent_modules(image: Path, root_offset: int, kernel_version: str) -> tu
     modules = modules_root(fs, kernel_version)
     if modules is None:
         raise BadInput(f"{image}: no /lib/modules/{kernel_version} for the agent's kernel modules")
-    texts = fs.read_many([f"{modules}/modules.dep", f"{modules}/modules.builtin"])
-    dep = texts.get(f"{modules}/modules.dep", b"").decode(errors="replace")
-    builtin = texts.get(f"{modules}/modules.builtin", b"").decode(errors="replace")
-    order, missing = module_order(dep, builtin, AGENT_MODULES)
-    optional, _ = module_order(dep, builtin, OPTIONAL_MODULES)
+    dep, builtin = _module_index(fs, modules)
+    order, missing = module_order(dep or "", builtin, AGENT_MODULES)
+    optional, _ = module_order(dep or "", builtin, OPTIONAL_MODULES)
     order += [path for path in optional if path not in order]
     if any(name in missing for name in REQUIRED_MODULES):
         raise BadInput(f"{image}: the image's kernel {kernel_version} lacks {', '.join(missing)}")

@@ -32,9 +32,7 @@ class NbdIoctl(enum.IntEnum):
     SET_BLKSIZE = 0xAB01
     DO_IT = 0xAB03
     CLEAR_SOCK = 0xAB04
-    CLEAR_QUE = 0xAB05
     SET_SIZE_BLOCKS = 0xAB07
-    DISCONNECT = 0xAB08
     SET_FLAGS = 0xAB0A
 
 
@@ -51,7 +49,6 @@ class KernelNbd:
         self._fd: int | None = None
         self._thread: threading.Thread | None = None
         self.ended: BaseException | None = None
-        self.done = threading.Event()
 
     def attach(self) -> socket.socket:
         """Set the device up and start NBD_DO_IT; returns the agent's end of the socketpair."""
@@ -81,21 +78,7 @@ class KernelNbd:
                 self.ended = error
             finally:
                 theirs.close()
-                self.done.set()
 
         self._thread = threading.Thread(target=run, name=f"nbd-do-it-{self.device.name}", daemon=True)
         self._thread.start()
         return ours
-
-    def detach(self) -> None:
-        """Ask the driver to disconnect (the guest is going down); NBD_DO_IT then returns."""
-        if self._fd is None:
-            return
-        try:
-            fcntl.ioctl(self._fd, NbdIoctl.DISCONNECT)
-            fcntl.ioctl(self._fd, NbdIoctl.CLEAR_SOCK)
-        except OSError:
-            pass  # already gone: nothing to undo
-        self.done.wait(5)
-        os.close(self._fd)
-        self._fd = None

@@ -35,10 +35,8 @@ SERVERS = "10.77.0.11:6910,10.77.0.12:6910"
 
 
 def _require() -> None:
-    needs.root("network namespaces and tap devices")
-    if not Path("/dev/net/tun").exists():
-        needs.unavailable("needs /dev/net/tun")
-    needs.tools(("qemu-system-x86_64", "qemu-system-x86"), ("dnsmasq", "dnsmasq-base"), ("depmod", "kmod"))
+    needs.lab_host()
+    needs.tools(("depmod", "kmod"))
     guest.require_guest_tools()
 
 

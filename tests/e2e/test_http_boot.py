@@ -29,15 +29,7 @@ echo pvsd http boot: done
 
 @pytest.fixture
 def lab(tmp_path: Path) -> Iterator[Lab]:
-    needs.root("network namespaces and tap devices")
-    if not Path("/dev/net/tun").exists():
-        needs.unavailable("needs /dev/net/tun")
-    needs.tools(
-        ("qemu-system-x86_64", "qemu-system-x86"),
-        ("ip", "iproute2"),
-        ("dnsmasq", "dnsmasq-base"),
-        ("radvd", "radvd"),
-    )
+    needs.lab_host()
     needs.files((str(BIOS_ROM), "ipxe-qemu"))
     template = tmp_path / "device.ipxe"
     template.write_text(TEMPLATE)

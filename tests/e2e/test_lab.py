@@ -38,15 +38,7 @@ SERVER_ADDRESS = r"10\.77\.0\.1[1-9]"
 
 
 def _require_lab_parts() -> None:
-    needs.root("network namespaces and tap devices")
-    if not Path("/dev/net/tun").exists():
-        needs.unavailable("needs /dev/net/tun")
-    needs.tools(
-        ("qemu-system-x86_64", "qemu-system-x86"),
-        ("ip", "iproute2"),
-        ("dnsmasq", "dnsmasq-base"),
-        ("radvd", "radvd"),
-    )
+    needs.lab_host()
     needs.files(
         (str(BIOS_ROM), "ipxe-qemu"),
         (str(UEFI_ROM), "ipxe-qemu"),

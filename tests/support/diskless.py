@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pvsd.boot.agent_initramfs import AgentModule, build_agent_initramfs
+from pvsd.boot.linux_image import module_order
 from pvsd.lab import network
 from pvsd.lab.lab import Lab
 from pvsd.lab.qemu import Firmware
@@ -69,13 +70,17 @@ def host_agent_overlay(out: Path) -> Path:
     vmlinuz = guest.kernel()
     version = vmlinuz.name.removeprefix("vmlinuz-")
     modules = Path("/lib/modules") / version
-    ordered = list(reversed(guest._module_closure(modules, guest.DISKLESS_MODULES)))
+    order, _ = module_order(
+        (modules / "modules.dep").read_text(),
+        (modules / "modules.builtin").read_text(),
+        guest.DISKLESS_MODULES,
+    )
     build_agent_initramfs(
         out,
         version,
         [
-            AgentModule(path.name.split(".ko", 1)[0].replace("-", "_"), (modules / path).read_bytes())
-            for path in ordered
+            AgentModule(Path(path).name.split(".ko", 1)[0].replace("-", "_"), (modules / path).read_bytes())
+            for path in order
         ],
     )
     return out

@@ -45,6 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pvsd.boot.cpio import CpioWriter
+from pvsd.boot.linux_image import module_order
 
 BUSYBOX = Path("/bin/busybox")
 QEMU = "qemu-system-x86_64"
@@ -363,21 +364,6 @@ def build_rootfs(
 DISKLESS_MODULES = ("virtio_pci", "virtio_net", "e1000", "nbd", "crc32c_generic", "ext4")
 
 
-def _module_closure(modules: Path, names: Sequence[str]) -> list[Path]:
-    dep: dict[str, tuple[str, list[str]]] = {}
-    for line in (modules / "modules.dep").read_text().splitlines():
-        path, _, deps = line.partition(":")
-        dep[Path(path).name.split(".ko", 1)[0].replace("-", "_")] = (path, deps.split())
-    wanted: list[str] = []
-    pending = [n for n in names if n in dep]
-    while pending:
-        path, deps = dep[pending.pop()]
-        if path not in wanted:
-            wanted.append(path)
-            pending += [Path(d).name.split(".ko", 1)[0].replace("-", "_") for d in deps]
-    return [Path(p) for p in wanted]
-
-
 def _add_linux_boot(root: Path) -> None:
     """The layout of a distribution image: /boot/vmlinuz-VERSION, /lib/modules/VERSION (a subset
     of Debian's, indexed by `depmod -b`) and /sbin/init (here the test's /init.sh)."""
@@ -387,7 +373,12 @@ def _add_linux_boot(root: Path) -> None:
     shutil.copy2(vmlinuz, root / "boot" / vmlinuz.name)
     source = _modules_dir(vmlinuz)
     target = root / "lib" / "modules" / version
-    for relative in _module_closure(source, (*DISKLESS_MODULES, *MODULES)):
+    order, _ = module_order(
+        (source / "modules.dep").read_text(),
+        (source / "modules.builtin").read_text(),
+        (*DISKLESS_MODULES, *MODULES),
+    )
+    for relative in map(Path, order):
         (target / relative).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(source / relative, target / relative)
     for index in ("modules.builtin", "modules.builtin.modinfo", "modules.order"):

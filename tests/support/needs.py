@@ -50,6 +50,19 @@ def unavailable(reason: str) -> NoReturn:
     pytest.skip(reason)
 
 
+def lab_host() -> None:
+    """What a lab of namespaces with QEMU targets needs of this machine (pvsd/lab)."""
+    root("network namespaces and tap devices")
+    if not Path("/dev/net/tun").exists():
+        unavailable("needs /dev/net/tun")
+    tools(
+        ("qemu-system-x86_64", "qemu-system-x86"),
+        ("ip", "iproute2"),
+        ("dnsmasq", "dnsmasq-base"),
+        ("radvd", "radvd"),
+    )
+
+
 def root(why: str) -> None:
     if os.geteuid() != 0:
         unavailable(f"needs root: {why}")
