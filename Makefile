@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 PVSD   := $(BIN)/pvsd
 
 # Debian packages the tests drive for real (PostgreSQL is started by the tests themselves).
-DEBIAN_PACKAGES := postgresql atftp tftp-hpa tftpd-hpa dnsmasq-base curl kea-admin qemu-system-x86 ipxe-qemu ipxe ovmf radvd iproute2 linux-image-amd64 busybox-static nasm e2fsprogs libnbd-bin qemu-utils faketime xorriso isolinux syslinux-common cpio fdisk
+DEBIAN_PACKAGES := postgresql atftp tftp-hpa tftpd-hpa dnsmasq-base curl kea-admin qemu-system-x86 ipxe-qemu ipxe ovmf radvd iproute2 linux-image-amd64 busybox-static nasm e2fsprogs libnbd-bin qemu-utils faketime xorriso isolinux syslinux-common cpio fdisk grub-efi-amd64-bin dosfstools mtools
 
 .PHONY: test demo lint typecheck pytest debian-deps clean bench-tftp bench-dhcp bench-stream bench-target bench-login bench-netboot
 

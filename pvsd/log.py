@@ -6,9 +6,10 @@ request says who it came from; at 3 a.m. grep for a MAC and see its whole story.
 
 from __future__ import annotations
 
+import io
 import logging
 import sys
-from typing import Any, Literal, TextIO
+from typing import Any, Literal, TextIO, cast
 
 import structlog
 
@@ -26,13 +27,27 @@ def logging_settings() -> tuple[str, str]:
     return _settings
 
 
+class _CurrentStderr(io.TextIOBase):
+    """Whatever sys.stderr is at each write: a caller that swaps it (a test capturing output,
+    a daemon redirecting it) never leaves the loggers writing to a closed file."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+    def isatty(self) -> bool:
+        return sys.stderr.isatty()
+
+
 def configure_logging(
     level: str = "info", fmt: str = "auto", stream: TextIO | None = None, colors: bool | None = None
 ) -> None:
     """Set up structlog once per process. `fmt` "auto" means console on a tty, else JSON; console
     lines are coloured on a tty unless `colors` says otherwise."""
     global _settings
-    out = stream or sys.stderr
+    out = stream or cast(TextIO, _CurrentStderr())
     if fmt == "auto":
         fmt = "console" if out.isatty() else "json"
     _settings = (level, fmt)

@@ -19,13 +19,16 @@ __all__ = [
     "AGENT_OVERLAY_NAME",
     "DEVICE_SCRIPT_PREFIX",
     "IPXE_BOOTSTRAP_NAME",
+    "KERNEL_NAME",
     "DisklessBoot",
     "agent_overlay_path",
     "boot_file_path",
+    "device_line",
     "device_script",
     "device_script_name",
     "diskless_script",
     "ipxe_bootstrap",
+    "live_first",
     "refusal_script",
     "unknown_device_script",
 ]
@@ -47,7 +50,7 @@ def device_script_name(mac: str) -> str:
 def ipxe_bootstrap(
     farm: str, this: Server, servers: Iterable[Server], dead_after: float, settings: BootstrapConfig
 ) -> str:
-    ordered = _live_first(this, servers, dead_after)
+    ordered = live_first(this, servers, dead_after)
     lines = [
         "#!ipxe",
         f"# pvsd bootstrap of farm {farm}, made by {this.name}: each live server in turn, this one first",
@@ -126,7 +129,7 @@ class DisklessBoot:
     cmdline: str  # [boot] cmdline, then the version's own (`vdisk import --cmdline`)
 
 
-def _live_first(this: Server, servers: Iterable[Server], dead_after: float) -> list[Server]:
+def live_first(this: Server, servers: Iterable[Server], dead_after: float) -> list[Server]:
     others = sorted(
         (s for s in servers if s.name != this.name and s.health(dead_after) is ServerHealth.ALIVE),
         key=lambda s: s.name,
@@ -134,7 +137,7 @@ def _live_first(this: Server, servers: Iterable[Server], dead_after: float) -> l
     return [this, *others]
 
 
-def _device_line(device: Device) -> str:
+def device_line(device: Device) -> str:
     return (
         f"echo pvsd device: {device.name} {device.mac} vdisk={device.vdisk or '-'} type={device.type} "
         f"enabled={'yes' if device.enabled else 'no'}"
@@ -145,7 +148,7 @@ def refusal_script(device: Device | None, reason: str) -> str:
     """For a device that cannot boot (unknown, disabled, no vDisk, no boot files): say why on
     its console, then fail the chain, so that pvs.ipxe follows its recovery (the next server,
     then retry or reboot, per [bootstrap] recovery)."""
-    head = _device_line(device) if device is not None else "echo pvsd device: unknown ${mac}"
+    head = device_line(device) if device is not None else "echo pvsd device: unknown ${mac}"
     return "\n".join(
         [
             "#!ipxe",
@@ -174,7 +177,7 @@ def diskless_script(
     finds the initramfs files by the names given with `initrd=`; on BIOS iPXE hands them over
     itself, in the order loaded, and the kernel unpacks them one over the other.
     """
-    ordered = _live_first(this, servers, dead_after)
+    ordered = live_first(this, servers, dead_after)
     guest = GuestSettings(
         mac=device.mac,
         servers=tuple((s.address, s.ports.get("login", 6910)) for s in ordered),
@@ -187,7 +190,7 @@ def diskless_script(
     lines = [
         "#!ipxe",
         f"# pvsd device script for {device.name}: each live server in turn, the one that sent it first",
-        _device_line(device),
+        device_line(device),
         f"echo pvsd: {boot.vdisk} version {boot.version}, kernel {boot.kernel_version}",
     ]
     for index, server in enumerate(ordered):

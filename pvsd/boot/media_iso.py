@@ -1,15 +1,18 @@
-"""Writing the boot media ISO with xorriso, without root: ISOLINUX boots Debian's `ipxe.lkrn`
-with the media script as its INITRD, which iPXE runs as an embedded script (DESIGN.md 5).
+"""Writing the boot media ISO with xorriso, without root, bootable both ways (DESIGN.md 5):
 
-BIOS only. Debian's ipxe.efi (1.0.0+git-20190125, iPXE commit 36a4c85) has no embedded
-script and predates both ways of handing it one: `/autoexec.ipxe` from the boot filesystem
-(iPXE a3f1e8fb6, 2021-01) and a script on the command line via LoadOptions (4bb521a8c, 2023-01),
-so a boot loader chaining it (GRUB) cannot pass one either. OVMF booting it from an El Torito
-EFI image with autoexec.ipxe beside it runs iPXE's own DHCP autoboot, never the file. A
-UEFI-only machine needs its CSM, or PXE / UEFI HTTP boot.
+- BIOS: ISOLINUX boots Debian's `ipxe.lkrn` with the media's iPXE script as its INITRD, which
+  iPXE runs as an embedded script (pvsd/boot/media.py);
+- UEFI: an El Torito EFI image holds GRUB with the media's grub.cfg (pvsd/boot/grub.py,
+  pvsd/boot/media_efi.py). Not iPXE: Debian's ipxe.efi (1.0.0+git-20190125, iPXE commit
+  36a4c85) has no embedded script and predates both ways of handing it one, `/autoexec.ipxe`
+  from the boot filesystem (iPXE a3f1e8fb6, 2021-01) and a script on the command line via
+  LoadOptions (4bb521a8c, 2023-01); OVMF booting it from the media runs iPXE's own DHCP
+  autoboot, never the file.
 
-Reproducible: every file and volume date is SOURCE_DATE_EPOCH, so the same farm gives the
-same bytes, and the file is written whole or not at all.
+The ISO is also a hybrid disk image (an MBR for BIOS, a GPT with the EFI image for UEFI), so
+it boots written to a USB stick. Reproducible: every file and volume date is
+SOURCE_DATE_EPOCH, so the same farm gives the same bytes, and the file is written whole or
+not at all.
 """
 
 from __future__ import annotations
@@ -22,17 +25,21 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from pvsd.boot.grub import grub_media_config
 from pvsd.boot.media import MEDIA_SCRIPT_NAME, MediaNetwork, media_script, media_servers
+from pvsd.boot.media_efi import EFI_IMAGE_NAME, build_efi_image, missing_efi_parts
 from pvsd.config import BootstrapConfig
 from pvsd.errors import BadInput, Failure
 from pvsd.farm.records import Server
 from pvsd.log import get_logger
 
-__all__ = ["MEDIA_PARTS", "MediaPart", "build_media"]
+__all__ = ["MEDIA_LAYOUT", "MEDIA_PARTS", "MediaPart", "build_media"]
 
 # 2000-01-01: old enough that nobody reads it as the build time.
 MEDIA_EPOCH = 946684800
 VOLUME_ID = "PVSD_BOOT"
+# What the media hold; a cache of built media keys on it.
+MEDIA_LAYOUT = "bios-isolinux-ipxe+uefi-grub"
 ISOLINUX_CFG = f"""DEFAULT pvsd
 PROMPT 0
 LABEL pvsd
@@ -77,7 +84,8 @@ def build_media(
     if not embedded:
         raise BadInput("no live server to put on the boot media: start `pvsd serve` on one first")
     script = media_script(embedded, network, settings, api_port, farm)
-    missing = [
+    grub_cfg = grub_media_config(embedded, network, settings, api_port, farm)
+    missing = missing_efi_parts() + [
         f"{p.source} (Debian package {p.package})"
         for p in (*MEDIA_PARTS, HYBRID_MBR)
         if not p.source.exists()
@@ -101,6 +109,10 @@ def build_media(
             shutil.copyfile(part.source, folder / part.name)
         (folder / "isolinux.cfg").write_text(ISOLINUX_CFG)
         (folder / MEDIA_SCRIPT_NAME).write_text(script)
+        (root / "boot").mkdir()
+        efi_image = build_efi_image(Path(work), grub_cfg, MEDIA_EPOCH)
+        shutil.copyfile(efi_image, root / "boot" / EFI_IMAGE_NAME)
+        (root / "boot" / "grub.cfg").write_text(grub_cfg)  # a copy to read; GRUB uses its own
         for path in (root, *root.rglob("*")):
             os.utime(path, (MEDIA_EPOCH, MEDIA_EPOCH))
         partial = Path(work) / "media.iso"
@@ -123,6 +135,11 @@ def build_media(
             "-boot-load-size",
             "4",
             "-boot-info-table",
+            "-eltorito-alt-boot",
+            "-e",
+            f"boot/{EFI_IMAGE_NAME}",
+            "-no-emul-boot",
+            "-isohybrid-gpt-basdat",
             "-r",
             str(root),
         ]

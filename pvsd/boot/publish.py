@@ -5,9 +5,11 @@ The files change only when the farm does: the bootstraps when the live servers c
 device's script when the device, its vDisk or the live servers do. Each change is pushed to
 every TFTP process and to the HTTP service.
 
-A device's script boots its vDisk diskless (pvsd/boot/ipxe.py diskless_script) when the
+A device's scripts, one for iPXE (`pvsd/device/MAC.ipxe`) and one for the UEFI boot media's
+GRUB (`pvsd/grub/MAC.cfg`), boot its vDisk diskless (pvsd/boot/ipxe.py diskless_script) when the
 version it will log in to has boot files; otherwise it says why not and fails the chain, so
-that pvs.ipxe's recovery follows. `[boot] script` replaces both with the operator's template.
+that pvs.ipxe's recovery follows. `[boot] script` replaces the iPXE one with the operator's
+template, and the GRUB one then says that it cannot follow an iPXE template.
 """
 
 from __future__ import annotations
@@ -17,6 +19,13 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from pvsd.boot.bootstrap import BOOTSTRAP_NAME, BootstrapCache
+from pvsd.boot.grub import (
+    GRUB_SCRIPT_PREFIX,
+    grub_device_script,
+    grub_refusal_script,
+    grub_script_name,
+    grub_unknown_device_script,
+)
 from pvsd.boot.ipxe import (
     DEVICE_SCRIPT_PREFIX,
     IPXE_BOOTSTRAP_NAME,
@@ -64,6 +73,7 @@ class BootFiles:
         self._servers: list[Server] = [this]
         for target in targets:
             target.publish_default(DEVICE_SCRIPT_PREFIX, unknown_device_script().encode())
+            target.publish_default(GRUB_SCRIPT_PREFIX, grub_unknown_device_script().encode())
 
     def servers_changed(self, servers: list[Server]) -> None:
         self._servers = servers
@@ -78,47 +88,63 @@ class BootFiles:
             target.publish(IPXE_BOOTSTRAP_NAME, script)
 
     def script(self, device: Device, vdisks: dict[str, VDisk]) -> str:
-        """The script of one device, from the farm as it is now."""
+        """The iPXE script of one device, from the farm as it is now."""
         if self.template is not None:
             return device_script(device, self.template)
-        if not device.enabled:
-            return refusal_script(device, "the device is disabled (pvsd device set MAC --enable)")
-        if device.vdisk is None:
-            return refusal_script(device, "no vDisk is assigned (pvsd device set MAC --vdisk NAME)")
-        vdisk = vdisks.get(device.vdisk)
-        if vdisk is None:
-            return refusal_script(device, f"vDisk {device.vdisk} is not in the farm")
-        version = boot_version(vdisk, device.type)
-        if version is None:
-            return refusal_script(
-                device, f"vDisk {vdisk.name} has no version a {device.type} device may boot"
-            )
-        if version.boot is None:
-            return refusal_script(
-                device,
-                f"{vdisk.name} version {version.number} has no kernel to boot diskless "
-                "(import a Linux image, or give vdisk import --kernel and --initrd)",
-            )
-        boot = DisklessBoot(
-            vdisk.name,
-            version.number,
-            version.boot.kernel_version,
-            version.boot.initrd is not None,
-            f"{self.config.boot.cmdline} {version.boot.cmdline}".strip(),
-        )
+        plan = self._plan(device, vdisks)
+        if isinstance(plan, str):
+            return refusal_script(device, plan)
         return diskless_script(
             device,
-            boot,
+            plan,
             self.this,
             self._servers,
             self.config.farm.dead_after,
             self.config.boot.download_timeout_ms,
         )
 
+    def grub_script(self, device: Device, vdisks: dict[str, VDisk]) -> str:
+        """The same for GRUB, which the UEFI boot media run (pvsd/boot/grub.py)."""
+        if self.template is not None:
+            return grub_refusal_script(
+                device, "[boot] script is an iPXE template; boot this device with PXE or the BIOS media"
+            )
+        plan = self._plan(device, vdisks)
+        if isinstance(plan, str):
+            return grub_refusal_script(device, plan)
+        return grub_device_script(device, plan, self.this, self._servers, self.config.farm.dead_after)
+
+    def _plan(self, device: Device, vdisks: dict[str, VDisk]) -> DisklessBoot | str:
+        """What the device boots, or why it cannot."""
+        if not device.enabled:
+            return "the device is disabled (pvsd device set MAC --enable)"
+        if device.vdisk is None:
+            return "no vDisk is assigned (pvsd device set MAC --vdisk NAME)"
+        vdisk = vdisks.get(device.vdisk)
+        if vdisk is None:
+            return f"vDisk {device.vdisk} is not in the farm"
+        version = boot_version(vdisk, device.type)
+        if version is None:
+            return f"vDisk {vdisk.name} has no version a {device.type} device may boot"
+        if version.boot is None:
+            return (
+                f"{vdisk.name} version {version.number} has no kernel to boot diskless "
+                "(import a Linux image, or give vdisk import --kernel and --initrd)"
+            )
+        return DisklessBoot(
+            vdisk.name,
+            version.number,
+            version.boot.kernel_version,
+            version.boot.initrd is not None,
+            f"{self.config.boot.cmdline} {version.boot.cmdline}".strip(),
+        )
+
     def devices_changed(self, devices: list[Device], vdisks: dict[str, VDisk]) -> ScriptChanges:
         """Publish what changed; the MACs whose scripts were published and withdrawn, for the log."""
         names = {device_script_name(d.mac): d.mac for d in devices}
+        names |= {grub_script_name(d.mac): d.mac for d in devices}
         scripts = {device_script_name(d.mac): self.script(d, vdisks).encode() for d in devices}
+        scripts |= {grub_script_name(d.mac): self.grub_script(d, vdisks).encode() for d in devices}
         withdrawn = []
         for name in self._scripts.keys() - scripts.keys():
             withdrawn.append(self._macs.pop(name))
@@ -132,4 +158,5 @@ class BootFiles:
                     target.publish(name, data)
         self._scripts = scripts
         self._macs.update(names)
-        return ScriptChanges(tuple(published), tuple(withdrawn))
+        # A device has two scripts: name its MAC once.
+        return ScriptChanges(tuple(dict.fromkeys(published)), tuple(dict.fromkeys(withdrawn)))

@@ -52,6 +52,13 @@ def register(commands: Commands) -> None:
         "the boot runs until a login prompt or --until, with 768 MiB of RAM",
     )
 
+    boot.add_argument(
+        "--media",
+        type=Path,
+        metavar="FILE.iso",
+        help="boot this ISO of `pvsd media build` from a CD instead of PXE (--firmware bios or uefi)",
+    )
+
     command("down", _down, "remove the lab: processes, namespaces and state (also after a crash)")
     command("kill", _kill, "SIGKILL one pvsd server, for failover tests").add_argument(
         "server", help="pvs1, 1 or 10.77.0.11"
@@ -96,7 +103,13 @@ def _boot(args: argparse.Namespace, config: Config) -> int:
         until = args.until if args.until is not None else VDISK_UNTIL
         memory = 768
     result = lab.boot(
-        args.firmware, mac, until, args.timeout, echo=None if args.quiet else sys.stdout, memory_mb=memory
+        args.firmware,
+        mac,
+        until,
+        args.timeout,
+        echo=None if args.quiet else sys.stdout,
+        memory_mb=memory,
+        media=args.media,
     )
     if result.matched:
         print(f"\nlab: marker /{until}/ seen after {result.seconds:.1f} s: {result.match!r}", file=sys.stderr)

@@ -18,12 +18,20 @@ __all__ = ["register"]
 
 def register(commands: Commands) -> None:
     media = commands.noun(
-        "media", "boot media (ISO) for networks without PXE: iPXE asks the servers over HTTP"
+        "media",
+        "boot media (ISO) for networks without PXE: iPXE (BIOS) or GRUB (UEFI) asks the servers over HTTP",
     )
-    build = media.command("build", _build, "write an ISO that boots iPXE and chains the farm's live servers")
+    build = media.command(
+        "build",
+        _build,
+        "write an ISO (BIOS and UEFI) that asks the farm's live servers for the device's boot",
+    )
     build.add_argument("--out", type=Path, required=True, metavar="FILE.iso", help="the ISO to write")
     build.add_argument(
-        "--ip", type=_interface, metavar="ADDR/PREFIX", help="a static address on net0 (default: DHCP)"
+        "--ip",
+        type=_interface,
+        metavar="ADDR/PREFIX",
+        help="a static address on the first NIC (default: DHCP)",
     )
     build.add_argument("--gateway", type=_address, metavar="ADDR", help="with --ip: the default gateway")
     build.add_argument("--dns", type=_address, metavar="ADDR", help="with --ip: the DNS server")
@@ -90,9 +98,8 @@ def _build(args: argparse.Namespace, config: Config) -> int:
         config.farm.dead_after,
         store.get_farm().name,
     )
-    print(
-        f"wrote {args.out}: BIOS boot media (ISOLINUX + iPXE), {'DHCP' if network.dhcp else network.address}"
-    )
+    address = "DHCP" if network.dhcp else network.address
+    print(f"wrote {args.out}: boot media for BIOS and UEFI (ISOLINUX + iPXE, GRUB EFI), {address}")
     for index, server in enumerate(embedded, 1):
         port = server.ports.get("api", config.api.port)
         print(f"  {index}. {server.name}  http://{server.address}:{port}/boot/")

@@ -219,9 +219,11 @@ class Lab:
         echo: TextIO | None = None,
         memory_mb: int = 256,
         on_text: Callable[[str], None] | None = None,
+        media: Path | None = None,
     ) -> BootResult:
-        """Boot one QEMU target from the lab's network; stop it at the marker or after `timeout`.
-        A target that boots its OS diskless needs `memory_mb` of 512 or more."""
+        """Boot one QEMU target from the lab's network, or from boot `media` (an ISO); stop it at
+        the marker or after `timeout`. A target that boots its OS diskless needs `memory_mb` of
+        512 or more."""
         _require_root()
         if not network.namespace_exists(self.bridge_ns):
             raise Failure(f"the lab at {self.state} is not up: run `pvsd lab up` first")
@@ -234,9 +236,13 @@ class Lab:
         pid_file = self.state / "pids" / f"qemu-{tap}.pid"
         network.add_tap(self.bridge_ns, tap, BRIDGE)
         try:
-            command = qemu_command(Firmware(firmware), mac, tap, memory_mb)
+            if media is not None and not media.is_file():
+                raise BadInput(f"no boot media at {media}: write one with `pvsd media build --out FILE.iso`")
+            iso = str(media.resolve()) if media is not None else None
+            command = qemu_command(Firmware(firmware), mac, tap, memory_mb, iso)
             argv = ["ip", "netns", "exec", self.bridge_ns, *command]
-            self.say(f"booting {firmware} target {mac} until /{until}/ (at most {timeout:g} s)")
+            source = f"from {media}" if media is not None else "from the network"
+            self.say(f"booting {firmware} target {mac} {source} until /{until}/ (at most {timeout:g} s)")
             return run_until(
                 argv, marker, timeout, echo, on_start=lambda pid: _write_pid(pid_file, pid), on_text=on_text
             )

@@ -40,8 +40,13 @@ class Firmware(enum.StrEnum):
     UEFI_HTTP = "uefi-http"  # OVMF's own HTTP boot client on virtio-net: its PXE turned off
 
 
-def qemu_command(firmware: Firmware, mac: str, tap: str, memory_mb: int = 256) -> list[str]:
-    """The QEMU command line for one target on the lab's tap device."""
+def qemu_command(
+    firmware: Firmware, mac: str, tap: str, memory_mb: int = 256, media: str | None = None
+) -> list[str]:
+    """The QEMU command line for one target on the lab's tap device; with `media` (an ISO of
+    `pvsd media build`), the target boots it from a CD and its NIC has no boot ROM: BIOS on an
+    e1000 (the media's iPXE drives it), any UEFI on virtio-net (the media's GRUB uses OVMF's
+    driver)."""
     argv = [
         QEMU,
         "-nographic",
@@ -54,6 +59,17 @@ def qemu_command(firmware: Firmware, mac: str, tap: str, memory_mb: int = 256) -
         "-netdev",
         f"tap,id=n0,ifname={tap},script=no,downscript=no",
     ]
+    if media is not None:
+        if firmware is Firmware.BIOS:
+            return [*argv, "-device", f"e1000,netdev=n0,mac={mac},romfile=", "-cdrom", media, "-boot", "d"]
+        # OVMF connects only the devices of QEMU's boot order: the NIC must be on it for GRUB.
+        return [
+            *argv,
+            *("-machine", "q35", "-bios", OVMF),
+            *("-drive", f"file={media},media=cdrom,if=none,id=cd0,readonly=on"),
+            *("-device", "ide-cd,drive=cd0,bootindex=0"),
+            *("-device", f"virtio-net-pci,netdev=n0,mac={mac},romfile=,bootindex=1"),
+        ]
     if firmware is Firmware.BIOS:
         argv += ["-device", f"e1000,netdev=n0,mac={mac},romfile={BIOS_ROM}", "-boot", "n"]
     elif firmware is Firmware.UEFI:

@@ -12,7 +12,7 @@ import contextlib
 import os
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,9 +32,13 @@ class DisklessFarm:
     env: dict[str, str]
     image: guest.RootImage
 
-    def pvsd(self, *argv: str) -> subprocess.CompletedProcess[str]:
+    def pvsd(self, *argv: str, env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess[str]:
         done = subprocess.run(
-            [sys.executable, "-m", "pvsd", *argv], env=self.env, capture_output=True, text=True, timeout=120
+            [sys.executable, "-m", "pvsd", *argv],
+            env={**self.env, **(env or {})},
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
         assert done.returncode == 0, done.stdout + done.stderr
         return done
@@ -45,10 +49,13 @@ class DisklessFarm:
 
 
 @contextlib.contextmanager
-def lab_farm(state: Path, image: guest.RootImage, mac: str, mode: str) -> Iterator[DisklessFarm]:
-    """A 2-server lab with `image` imported as vDisk `linux` (`mode`) and `mac` registered on it;
-    the lab is taken down at the end, whatever happened."""
-    lab = Lab(state, say=print)
+def lab_farm(
+    state: Path, image: guest.RootImage, mac: str, mode: str, servers_env: Mapping[str, str] | None = None
+) -> Iterator[DisklessFarm]:
+    """A 2-server lab with `image` imported as vDisk `linux` (`mode`) and `mac` registered on it,
+    `servers_env` added to each server's environment; the lab is taken down at the end,
+    whatever happened."""
+    lab = Lab(state, say=print, extra_env=servers_env or {})
     try:
         lab.up(servers=2)
         env = {
@@ -137,8 +144,10 @@ def boot_chain(
     timeout: float,
     on_line: Callable[[str], None] | None = None,
     memory_mib: int = 768,
+    media: Path | None = None,
 ) -> guest.GuestRun:
-    """The whole chain from firmware PXE to the OS's done marker (pvsd/lab's QEMU target)."""
+    """The whole chain from firmware PXE (or from boot `media`) to the OS's done marker
+    (pvsd/lab's QEMU target)."""
     pending = [""]
 
     def on_text(text: str) -> None:
@@ -148,6 +157,8 @@ def boot_chain(
                 on_line(line)
 
     stops = f"{guest.DONE_MARKER}|{guest.FAIL_MARKER}|pvsd-init: FAILED"
-    result = lab.boot(firmware, mac, until=stops, timeout=timeout, memory_mb=memory_mib, on_text=on_text)
+    result = lab.boot(
+        firmware, mac, until=stops, timeout=timeout, memory_mb=memory_mib, on_text=on_text, media=media
+    )
     line = guest.DONE_MARKER if result.matched and guest.DONE_MARKER in result.console else None
     return guest.guest_run(result.console, result.seconds, line, timeout)

@@ -33,6 +33,7 @@ PURE = {
     "pvsd.boot.bootstrap",
     "pvsd.boot.ipxe",
     "pvsd.boot.media",
+    "pvsd.boot.grub",
     "pvsd.lograte",
     "pvsd.farm.heartbeats",
     "pvsd.boot.cpio",

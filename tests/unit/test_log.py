@@ -2,6 +2,9 @@ from __future__ import annotations
 
 import io
 import json
+import sys
+
+import pytest
 
 from pvsd.log import configure_logging, get_logger, request_logger
 
@@ -36,3 +39,16 @@ def test_auto_picks_json_when_not_a_terminal() -> None:
     configure_logging("info", "auto", out)
     get_logger("x").info("hello")
     assert json.loads(out.getvalue())["event"] == "hello"
+
+
+def test_without_a_stream_lines_go_to_whatever_stderr_is_now(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A CLI run in a test configures logging on the test's captured stderr; once that is closed,
+    later lines must reach the stderr of the moment, not raise on the closed file."""
+    first, second = io.StringIO(), io.StringIO()
+    monkeypatch.setattr(sys, "stderr", first)
+    configure_logging("info", "json")
+    get_logger("x").info("one")
+    first.close()
+    monkeypatch.setattr(sys, "stderr", second)
+    get_logger("x").info("two")
+    assert json.loads(second.getvalue())["event"] == "two"

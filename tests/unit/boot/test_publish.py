@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from pvsd.boot.grub import grub_script_name
 from pvsd.boot.ipxe import device_script_name
 from pvsd.boot.publish import BootFiles, ScriptChanges
 from pvsd.config import Config
@@ -51,7 +52,10 @@ def test_only_changed_device_scripts_are_pushed_and_each_change_is_named() -> No
     one, two = device("52:54:00:00:00:01", "one"), device("52:54:00:00:00:02", "two")
 
     assert files.devices_changed([one, two], {}) == ScriptChanges((one.mac, two.mac), ())
-    assert set(recorder.files) == {device_script_name(one.mac), device_script_name(two.mac)}
+    assert set(recorder.files) == {
+        *(device_script_name(d.mac) for d in (one, two)),
+        *(grub_script_name(d.mac) for d in (one, two)),
+    }
     pushes = recorder.pushes
 
     assert files.devices_changed([one, two], {}) == ScriptChanges((), ())
@@ -59,8 +63,9 @@ def test_only_changed_device_scripts_are_pushed_and_each_change_is_named() -> No
 
     renamed = device(two.mac, "two-renamed")
     assert files.devices_changed([renamed], {}) == ScriptChanges((two.mac,), (one.mac,))
-    assert set(recorder.files) == {device_script_name(two.mac)}
+    assert set(recorder.files) == {device_script_name(two.mac), grub_script_name(two.mac)}
     assert b"two-renamed" in recorder.files[device_script_name(two.mac)]
+    assert b"two-renamed" in recorder.files[grub_script_name(two.mac)]
 
 
 def _vdisk(boot: VersionBoot | None) -> VDisk:
@@ -76,6 +81,16 @@ def test_a_device_whose_version_has_boot_files_gets_the_diskless_script() -> Non
     script = files.script(device("52:54:00:00:00:01", "one", "linux"), {"linux": _vdisk(BOOT)})
     assert "kernel --timeout 10000 --name vmlinuz http://" in script
     assert "console=tty0 console=ttyS0,115200n8 quiet pvsd.mac=52:54:00:00:00:01" in script
+    grub = files.grub_script(device("52:54:00:00:00:01", "one", "linux"), {"linux": _vdisk(BOOT)})
+    assert "if linux (http,10.0.0.1:54321)/boot/vdisk/linux/1/vmlinuz console=tty0 " in grub
+    assert "initrd=" not in grub  # GRUB hands the initramfs over itself
+
+
+def test_an_ipxe_template_leaves_the_grub_script_refusing() -> None:
+    files = BootFiles([Recorder()], Config(), "lab", THIS, "#!ipxe\necho {{name}}\n")
+    one = device("52:54:00:00:00:01", "one", "linux")
+    assert files.script(one, {"linux": _vdisk(BOOT)}) == "#!ipxe\necho one\n"
+    assert "[boot] script is an iPXE template" in files.grub_script(one, {"linux": _vdisk(BOOT)})
 
 
 @pytest.mark.parametrize(
@@ -95,3 +110,4 @@ def test_a_device_that_cannot_boot_is_told_why(
     script = files.script(one, vdisks)
     assert f"echo pvsd: cannot boot: {reason}" in script
     assert script.rstrip().endswith("exit 1")
+    assert f"pvsd: cannot boot: {reason}" in files.grub_script(one, vdisks)

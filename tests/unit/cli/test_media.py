@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from support import needs
 
+from pvsd.boot.media_efi import missing_efi_parts
 from pvsd.boot.media_iso import HYBRID_MBR, MEDIA_PARTS
 from pvsd.cli import main
 from pvsd.farm.store import open_store
@@ -41,9 +42,12 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
 def require_iso_tools() -> None:
     needs.tools(("xorriso", "xorriso"))
     needs.files(*((str(part.source), part.package) for part in (*MEDIA_PARTS, HYBRID_MBR)))
+    missing = missing_efi_parts()
+    if missing:
+        needs.unavailable("cannot build the EFI boot image: " + ", ".join(missing))
 
 
-def iso_file(iso: Path, name: str) -> str:
+def iso_path(iso: Path, name: str) -> Path:
     copy = iso.with_name(f"{iso.name}-{Path(name).name}")
     subprocess.run(
         ["xorriso", "-indev", str(iso), "-osirrox", "on", "-extract", name, str(copy)],
@@ -51,7 +55,11 @@ def iso_file(iso: Path, name: str) -> str:
         timeout=30,
         check=True,
     )
-    return copy.read_text()
+    return copy
+
+
+def iso_file(iso: Path, name: str) -> str:
+    return iso_path(iso, name).read_text()
 
 
 def test_no_live_server_is_refused_and_nothing_is_written(
@@ -118,6 +126,15 @@ def test_the_iso_embeds_the_live_servers_this_one_first_and_is_reproducible(
     assert script.index("http://10.0.0.12:54321/") < script.index("http://10.0.0.11:54321/")
     assert "10.0.0.13" not in script
     assert "INITRD servers.ipxe" in iso_file(first, "/isolinux/isolinux.cfg")
+    grub = iso_file(first, "/boot/grub.cfg")
+    assert grub.index("(http,10.0.0.12:54321)/boot/pvsd/grub/") < grub.index("(http,10.0.0.11:54321)/")
+    efi = iso_path(first, "/boot/efiboot.img")
+    listing = subprocess.run(
+        ["mdir", "-i", str(efi), "::/EFI/BOOT"], capture_output=True, text=True, timeout=30, check=True
+    )
+    assert "BOOTX64  EFI" in listing.stdout
+    # The grub.cfg that GRUB runs is the one inside its EFI image (its memdisk).
+    assert grub.encode() in efi.read_bytes()
     assert run(capsys, "media", "build", "--out", str(second))[0] == 0
     assert first.read_bytes() == second.read_bytes()
 
