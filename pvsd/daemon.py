@@ -17,7 +17,7 @@ import structlog
 from pvsd.api import ApiService, BootHttp, Resolver
 from pvsd.boot.builds import BootBuilds
 from pvsd.boot.media import MediaNetwork, media_servers
-from pvsd.boot.media_iso import MEDIA_LAYOUT, build_media
+from pvsd.boot.media_iso import build_media
 from pvsd.boot.publish import BootFiles, Publisher
 from pvsd.boot.resolvers import VersionFiles
 from pvsd.config import Config, ConfigError
@@ -235,9 +235,7 @@ def _media_resolver(config: Config, farm: str, membership: Membership, builds: B
             return None
         servers = membership.known_servers(asyncio.get_running_loop().time())
         live = media_servers(config.server.name, servers, config.farm.dead_after)
-        # The layout's tag is in the key: media cached by an older pvsd (BIOS only) are not reused.
-        listed = " ".join(f"{s.name}={s.address}:{s.ports.get('api')}" for s in live)
-        key = hashlib.sha256(f"{MEDIA_LAYOUT} {listed}".encode())
+        key = hashlib.sha256(" ".join(f"{s.name}={s.address}:{s.ports.get('api')}" for s in live).encode())
 
         def build(path: Path) -> str:
             embedded = build_media(

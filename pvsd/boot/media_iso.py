@@ -33,13 +33,11 @@ from pvsd.errors import BadInput, Failure
 from pvsd.farm.records import Server
 from pvsd.log import get_logger
 
-__all__ = ["MEDIA_LAYOUT", "MEDIA_PARTS", "MediaPart", "build_media"]
+__all__ = ["MEDIA_PARTS", "MediaPart", "build_media"]
 
 # 2000-01-01: old enough that nobody reads it as the build time.
 MEDIA_EPOCH = 946684800
 VOLUME_ID = "PVSD_BOOT"
-# What the media hold; a cache of built media keys on it.
-MEDIA_LAYOUT = "bios-isolinux-ipxe+uefi-grub"
 ISOLINUX_CFG = f"""DEFAULT pvsd
 PROMPT 0
 LABEL pvsd

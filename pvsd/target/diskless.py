@@ -47,6 +47,8 @@ __all__ = ["main", "run"]
 NBD_DEVICE = Path("/dev/nbd0")
 RETRY_S = (1.0, 2.0, 5.0, 10.0)  # between login rounds when no server answers; the last repeats
 STATUS_EVERY_S = 300.0
+# Sequential reads of the root file system in requests of up to the driver's 1280 KiB.
+READ_AHEAD_KIB = 2048
 FAILOVER_ROUNDS = 1 << 30  # about forever: each round asks every server, 5 s each
 
 
@@ -82,6 +84,9 @@ async def run(settings: GuestSettings, log: structlog.stdlib.BoundLogger, ready:
     server = NbdServer(disk, settings.vdisk or "vdisk")
     kernel = KernelNbd(device, reply.disk_size, reply.sector_size, server.export.flags)
     serving = asyncio.create_task(server.serve_transmission(kernel.attach()), name="nbd")
+    refused = kernel.set_read_ahead(READ_AHEAD_KIB)
+    if refused is not None:
+        log.warning("read-ahead left at the kernel's default", reason=refused)
     status = {
         "mac": settings.mac,
         "server": client.server_name,
