@@ -25,6 +25,7 @@ from pvsd.errors import BadInput
 from pvsd.farm.records import AccessMode, VDisk, VDiskShape, WriteCache
 from pvsd.names import check_name
 from pvsd.units import format_size
+from pvsd.vdisk.formats import CONVERTIBLE, convert_to_raw, probe_image
 from pvsd.vdisk.image import boot_folder, check_source, discard_image, image_path, import_image, move_image
 
 __all__ = ["register"]
@@ -47,10 +48,12 @@ def register(commands: Commands) -> None:
         "--size", type=size_argument, required=True, metavar="BYTES", help="e.g. 8589934592 or 8G"
     )
     imported = vdisk.command(
-        "import", _import, "copy a raw image into this server's store as the next version", [geometry]
+        "import", _import, "copy a disk image into this server's store as the next version", [geometry]
     )
     imported.add_argument("name")
-    imported.add_argument("file", help="a raw disk image")
+    imported.add_argument(
+        "file", help="a disk image: raw, or qcow2, VHD, VHDX, VMDK or VDI (converted with qemu-img)"
+    )
     imported.add_argument("--quiet", action="store_true", help="no progress bar")
     imported.add_argument(
         "--kernel", type=Path, metavar="FILE", help="the kernel to boot diskless, in place of the image's own"
@@ -96,17 +99,38 @@ def _mode_text(vdisk: VDisk) -> str:
 
 
 def _import(args: argparse.Namespace, config: Config) -> int:
+    """Import an image (raw, or a hypervisor's format through qemu-img) as the next version."""
+    source = Path(args.file)
+    info = probe_image(source) if source.is_file() else None
+    if info is None or info.raw:
+        return _import_raw(args, config, source)
+    folder = image_path(Path(config.server.store), args.name, 0).parent
+    folder.mkdir(parents=True, exist_ok=True)
+    converted = folder / f".import-{os.getpid()}.raw"
+    print(
+        f"converting {source} ({CONVERTIBLE[info.format]}, {format_size(info.virtual_size)}) to a raw image",
+        file=sys.stderr,
+    )
+    try:
+        convert_to_raw(source, info, converted)
+        return _import_raw(args, config, converted, shown=source)
+    finally:
+        converted.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            folder.rmdir()  # only if the import left it empty
+
+
+def _import_raw(args: argparse.Namespace, config: Config, source: Path, shown: Path | None = None) -> int:
     """Copy a raw image into this server's store as the vDisk's next version, verified."""
     # Nothing is written, to the farm or to the store, before the source is known to be good;
     # then the farm records the vDisk, its version and this server's replica in one transaction.
     store = open_farm(config)
-    source = Path(args.file)
     existing = next((v for v in store.list_vdisks() if v.name == args.name), None)
     sector_size = existing.sector_size if existing is not None else args.sector_size
     size = check_source(source, sector_size)
     if existing is not None and existing.size != size:
         raise BadInput(
-            f"{source} is {size} bytes but vDisk {args.name!r} is {existing.size}: "
+            f"{shown or source} is {size} bytes but vDisk {args.name!r} is {existing.size}: "
             "a new version must keep the disk's size"
         )
     check_name("vDisk", args.name)
@@ -125,12 +149,16 @@ def _import(args: argparse.Namespace, config: Config) -> int:
                 raise
             # with --kernel the image need not hold a bootable root; its modules are used if it has one
     if found is None and args.kernel is None and not args.no_boot:
-        print(f"{source} holds no Linux root file system: it boots through the host agent, not diskless")
+        print(
+            f"{shown or source} holds no Linux root file system: "
+            "it boots through the host agent, not diskless"
+        )
     store_folder = Path(config.server.store)
     folder = image_path(store_folder, args.name, 0).parent
     staged = folder / f".import-{os.getpid()}.img"
     staged_boot = folder / f".import-{os.getpid()}.boot"
-    progress = progress_bar(f"importing {source.name}") if sys.stderr.isatty() and not args.quiet else None
+    label = (shown or source).name
+    progress = progress_bar(f"importing {label}") if sys.stderr.isatty() and not args.quiet else None
     here = config.server.name if config.server.name in {s.name for s in store.list_servers()} else None
     try:
         boot = stage_boot_files(source, found, args.kernel, args.initrd, args.cmdline, staged_boot)
