@@ -15,6 +15,7 @@ from typing import Protocol
 import structlog
 
 from pvsd.api import ApiService, BootHttp, Resolver
+from pvsd.api.replication import ReplicationHttp
 from pvsd.boot.builds import BootBuilds
 from pvsd.boot.media import MediaNetwork, media_servers
 from pvsd.boot.media_iso import build_media
@@ -216,7 +217,8 @@ async def _start_tftp(config: Config, log: structlog.stdlib.BoundLogger) -> tupl
 async def _start_api(config: Config, log: structlog.stdlib.BoundLogger) -> ApiService:
     boot = BootHttp([Path(config.tftp.root), Path(config.tftp.ipxe_dir)], log.bind(service="http"))
     host = config.server.bind or config.server.address
-    api = ApiService(boot, host, config.api.port, log.bind(service="http"))
+    replication = ReplicationHttp(Path(config.server.store), log.bind(service="replication"))
+    api = ApiService(boot, host, config.api.port, log.bind(service="http"), replication.routes())
     try:
         await api.start()
     except OSError as error:

@@ -1,7 +1,10 @@
 """The HTTP service on `[api] port`: one aiohttp application per server. Today it serves
-/boot/ (pvsd/api/boot.py); the management API, metrics and console join it as routes."""
+/boot/ (pvsd/api/boot.py) and /replication/ (pvsd/api/replication.py); the management API,
+metrics and console join it as routes."""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import structlog
 from aiohttp import web
@@ -14,24 +17,33 @@ __all__ = ["ApiService", "make_app"]
 MAX_REQUEST_BYTES = 64 << 10
 
 
-def make_app(boot: BootHttp) -> web.Application:
+def make_app(boot: BootHttp, routes: Sequence[web.RouteDef] = ()) -> web.Application:
     app = web.Application(client_max_size=MAX_REQUEST_BYTES)
     app.add_routes(boot.routes())
+    app.add_routes(routes)
     return app
 
 
 class ApiService:
     """The app listening on one address and port, started and closed with the other services."""
 
-    def __init__(self, boot: BootHttp, host: str, port: int, log: structlog.stdlib.BoundLogger) -> None:
+    def __init__(
+        self,
+        boot: BootHttp,
+        host: str,
+        port: int,
+        log: structlog.stdlib.BoundLogger,
+        routes: Sequence[web.RouteDef] = (),
+    ) -> None:
         self.boot = boot
+        self.routes = tuple(routes)
         self.host = host
         self.port = port
         self.log = log
         self._runner: web.AppRunner | None = None
 
     async def start(self) -> None:
-        runner = web.AppRunner(make_app(self.boot), access_log=None, handle_signals=False)
+        runner = web.AppRunner(make_app(self.boot, self.routes), access_log=None, handle_signals=False)
         await runner.setup()
         site = web.TCPSite(runner, self.host, self.port, reuse_address=True, backlog=512)
         try:
