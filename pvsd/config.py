@@ -461,8 +461,19 @@ class TargetConfig:
 
 @dataclass(frozen=True)
 class ApiConfig:
-    enabled: bool = _key(True, "serve the HTTP API, dashboard and metrics (not built yet)")
-    port: int = _key(54321, "TCP port of the HTTP API", _port)
+    enabled: bool = _key(True, "serve /boot/ (targets) and /replication/ (peers) over HTTP")
+    port: int = _key(54321, "TCP port of the HTTP service", _port)
+
+
+@dataclass(frozen=True)
+class ReplicationConfig:
+    enabled: bool = _key(
+        True, "pull the vDisk versions this server lacks from the peers that hold them (their [api])"
+    )
+    parallel: int = _key(4, "chunks fetched at once per version, spread over the peers", _positive_int)
+    interval_s: float = _key(
+        5.0, "how often the farm is looked at for versions to pull, in seconds", _positive
+    )
 
 
 @dataclass(frozen=True)
@@ -478,6 +489,7 @@ class Config:
     stream: StreamConfig = field(default_factory=StreamConfig)
     target: TargetConfig = field(default_factory=TargetConfig)
     api: ApiConfig = field(default_factory=ApiConfig)
+    replication: ReplicationConfig = field(default_factory=ReplicationConfig)
 
 
 REFERENCE_HEADER = """\

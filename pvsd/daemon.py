@@ -33,6 +33,7 @@ from pvsd.privileges import drop_privileges
 from pvsd.stream.service import StreamService, stream_ports
 from pvsd.tftp.server import TftpServer
 from pvsd.tftp.workers import TftpWorkers, share_of, worker_count
+from pvsd.vdisk.replicator import Replicator
 
 __all__ = ["advertised_ports", "serve"]
 
@@ -180,6 +181,10 @@ async def _start_services(
                 log.error("offered boot file cannot be served", key=problem.key, problem=problem.message)
         if config.stream.enabled or config.login.enabled:
             services.append(await _start_stream(config, secret, membership, log))
+        if config.replication.enabled:
+            replicator = Replicator(config, membership, log.bind(service="replication"))
+            await replicator.start()
+            services.append(replicator)
     except BaseException:
         for service in reversed(services):
             await service.close()

@@ -43,6 +43,9 @@ def scan_replicas(store: FarmStore, server: str, folder: Path, log: structlog.st
             path = image_path(folder, vdisk.name, version.number)
             earlier = known.get((vdisk.name, version.number))
             if not path.exists():
+                pulling = path.with_name(f".{path.name}.partial").exists()
+                if earlier is not None and earlier.state is ReplicaState.COPYING and pulling:
+                    continue  # pvsd/vdisk/replicator.py is copying it in
                 if earlier is not None and earlier.state is not ReplicaState.MISSING:
                     store.report_replica(server, vdisk.name, version.number, None, ReplicaState.MISSING)
                     log.warning(

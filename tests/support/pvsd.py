@@ -20,7 +20,8 @@ def pvsd_env(database: str, **keys: str) -> dict[str, str]:
     Proxy DHCP is off unless a test turns it on: by default it listens on 0.0.0.0:67, and a
     test must never answer DHCP on the host's real network. Logins and streaming are off
     too (they start worker processes) unless a test turns them on, and so is HTTP: several
-    servers of one test often share an address, and they would all want port 54321.
+    servers of one test often share an address, and they would all want port 54321. So is
+    replication: a test of replicas sets up what each store holds.
     """
     env = {k: v for k, v in os.environ.items() if not k.startswith("PVSD_")}
     env["PVSD_FARM__DATABASE"] = database
@@ -28,6 +29,7 @@ def pvsd_env(database: str, **keys: str) -> dict[str, str]:
     env["PVSD_LOGIN__ENABLED"] = "false"
     env["PVSD_STREAM__ENABLED"] = "false"
     env["PVSD_API__ENABLED"] = "false"
+    env["PVSD_REPLICATION__ENABLED"] = "false"
     env.update({f"PVSD_{key.upper()}": value for key, value in keys.items()})
     return env
 

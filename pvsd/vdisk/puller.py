@@ -1,0 +1,319 @@
+"""Pulling one vDisk version into this server's store from the peers that hold it verified.
+
+The peers serve `/replication/NAME/VERSION/index` and `.../chunks/N` (pvsd/api/replication.py).
+A pull:
+1. takes the index from the first peer whose index has the farm's sha256 and size;
+2. writes into `.vN.img.partial` beside the final image, and records the chunks it holds in
+   `.vN.img.SHA.progress` (a bitmap, pvsd/vdisk/chunks.py ChunkProgress), so a pull that a
+   crash of either side stopped resumes where it was, and a progress file of another version
+   of the same number is never taken for this one;
+3. copies the chunks that another local version of the vDisk holds (content addressed: a new
+   version moves about its changed bytes over the network);
+4. fetches the rest, `parallel` at a time, spread over the peers; each chunk is checked against
+   the index as it arrives, and a peer that fails is set aside for a while so that the others
+   carry the copy;
+5. hashes the whole file, and only if it is the farm's sha256 renames it into place (atomic,
+   on one file system) with its sha256 sidecar: no half-written version is ever an image.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+import structlog
+
+from pvsd.errors import Failure
+from pvsd.net.reader import DecodeError
+from pvsd.vdisk.chunk_files import chunk_matches, index_image, read_chunk
+from pvsd.vdisk.chunks import ChunkIndex, ChunkProgress, decode_index, decode_progress, local_sources
+from pvsd.vdisk.image import image_path, read_sidecar, sha256_file, write_sidecar
+
+__all__ = ["Peer", "PullResult", "pull_version"]
+
+REQUEST_TIMEOUT_S = 30.0
+PEER_REST_S = 5.0  # how long a peer that failed is left alone
+SAVE_EVERY_S = 1.0  # how often the progress bitmap is written
+ROUNDS = 20  # passes over the peers for one chunk before the pull gives up
+
+
+@dataclass(frozen=True)
+class Peer:
+    name: str
+    base: str  # http://ADDRESS:PORT
+
+
+@dataclass(frozen=True)
+class PullResult:
+    path: Path
+    fetched_bytes: int  # over the network
+    reused_bytes: int  # copied from another local version
+    resumed_chunks: int  # held by an earlier, interrupted pull
+    seconds: float
+    source: str  # the peer that gave the index
+
+
+async def pull_version(
+    store: Path,
+    vdisk: str,
+    version: int,
+    sha256: str,
+    size: int,
+    peers: Sequence[Peer],
+    session: aiohttp.ClientSession,
+    log: structlog.stdlib.BoundLogger,
+    parallel: int = 4,
+) -> PullResult:
+    """Pull one version; Failure says why not (and what is held stays for the next try)."""
+    started = time.monotonic()
+    if not peers:
+        raise Failure(f"no peer holds {vdisk} version {version}")
+    target = image_path(store, vdisk, version)
+    index, source = await _index(session, peers, vdisk, version, sha256, size)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(f".{target.name}.partial")
+    progress_file = target.with_name(f".{target.name}.{sha256[:16]}.progress")
+    progress = await asyncio.to_thread(_resume, partial, progress_file, index)
+    resumed = len(progress.done)
+    progress, reused = await asyncio.to_thread(_reuse_local, store, vdisk, version, index, partial, progress)
+    if reused:
+        await asyncio.to_thread(_save, progress_file, progress)
+    puller = _Fetcher(session, peers, vdisk, version, index, partial, progress, progress_file, log)
+    await puller.run(parallel)
+    await asyncio.to_thread(_finish, partial, target, sha256)
+    progress_file.unlink(missing_ok=True)
+    result = PullResult(
+        target,
+        puller.fetched,
+        index.chunk_bytes(reused),
+        resumed,
+        round(time.monotonic() - started, 2),
+        source,
+    )
+    log.info(
+        "version pulled",
+        vdisk=vdisk,
+        version=version,
+        source=source,
+        fetched_bytes=result.fetched_bytes,
+        reused_bytes=result.reused_bytes,
+        resumed_chunks=resumed,
+        seconds=result.seconds,
+    )
+    return result
+
+
+async def _index(
+    session: aiohttp.ClientSession, peers: Sequence[Peer], vdisk: str, version: int, sha256: str, size: int
+) -> tuple[ChunkIndex, str]:
+    problems = []
+    for peer in peers:
+        try:
+            async with session.get(f"{peer.base}/replication/{vdisk}/{version}/index") as response:
+                body = await response.read()
+                if response.status != 200:
+                    problems.append(
+                        f"{peer.name}: HTTP {response.status} {body[:120].decode(errors='replace').strip()}"
+                    )
+                    continue
+            index = decode_index(body)
+        except (aiohttp.ClientError, TimeoutError, DecodeError) as error:
+            problems.append(f"{peer.name}: {error or type(error).__name__}")
+            continue
+        if index.sha256 != sha256 or index.size != size:
+            problems.append(f"{peer.name}: holds another image (sha256 {index.sha256[:12]}, {index.size} B)")
+            continue
+        return index, peer.name
+    raise Failure(f"no peer gave the index of {vdisk} version {version}: " + "; ".join(problems))
+
+
+def _resume(partial: Path, progress_file: Path, index: ChunkIndex) -> ChunkProgress:
+    """What an earlier pull of this very version left, re-checked chunk by chunk, or a fresh start."""
+    if partial.exists() and partial.stat().st_size == index.size:
+        try:
+            progress = decode_progress(progress_file.read_bytes(), index.count)
+        except (OSError, DecodeError):
+            progress = ChunkProgress(index.count)
+        # A chunk marked done but not on disk (the bitmap was saved before the data) is fetched again.
+        good = [n for n in progress.done if chunk_matches(partial, index, n)]
+        return ChunkProgress(index.count, frozenset(good))
+    with partial.open("wb") as stream:
+        stream.truncate(index.size)  # sparse: chunks land where they belong
+    return ChunkProgress(index.count)
+
+
+def _reuse_local(
+    store: Path, vdisk: str, version: int, index: ChunkIndex, partial: Path, progress: ChunkProgress
+) -> tuple[ChunkProgress, list[int]]:
+    """Copy the chunks that the newest other verified local version of the vDisk already has."""
+    folder = image_path(store, vdisk, version).parent
+    for other in sorted(folder.glob("v*.img"), key=lambda p: -_number(p)):
+        if _number(other) in (version, -1):
+            continue
+        held = _local_index(other, index.chunk_size)
+        if held is None:
+            continue
+        copied = []
+        fd = os.open(partial, os.O_WRONLY)
+        try:
+            for wanted, source in local_sources(index, held).items():
+                if wanted in progress.done:
+                    continue
+                data = read_chunk(other, held, source)
+                if len(data) == index.span(wanted)[1]:
+                    os.pwrite(fd, data, index.span(wanted)[0])
+                    copied.append(wanted)
+        finally:
+            os.close(fd)
+        return progress.with_done(*copied), copied
+    return progress, []
+
+
+def _local_index(image: Path, chunk_size: int) -> ChunkIndex | None:
+    sidecar = read_sidecar(image)
+    if sidecar is None:
+        return None
+    info = image.stat()
+    if (sidecar.size, sidecar.mtime_ns) != (info.st_size, info.st_mtime_ns):
+        return None
+    kept = image.with_name(image.name + ".chunks")
+    with contextlib.suppress(OSError, DecodeError):
+        index = decode_index(kept.read_bytes())
+        if index.sha256 == sidecar.sha256 and index.chunk_size == chunk_size:
+            return index
+    index = index_image(image, chunk_size)
+    return index if index.sha256 == sidecar.sha256 else None
+
+
+def _number(image: Path) -> int:
+    digits = image.stem.removeprefix("v")
+    return int(digits) if digits.isdigit() else -1
+
+
+def _save(progress_file: Path, progress: ChunkProgress) -> None:
+    partial = progress_file.with_name(progress_file.name + ".part")
+    partial.write_bytes(progress.encode())
+    partial.replace(progress_file)
+
+
+def _finish(partial: Path, target: Path, sha256: str) -> None:
+    with partial.open("rb+") as stream:
+        os.fsync(stream.fileno())
+    actual = sha256_file(partial)
+    if actual != sha256:
+        partial.unlink(missing_ok=True)
+        raise Failure(
+            f"{target.name}: the pulled image hashes to {actual}, not {sha256}; pulled again next time"
+        )
+    partial.replace(target)
+    write_sidecar(target, sha256)
+    with contextlib.suppress(OSError):
+        fd = os.open(target.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)  # the rename itself survives a crash
+        finally:
+            os.close(fd)
+
+
+class _Fetcher:
+    """The chunks still missing, fetched by `parallel` workers over the peers."""
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        peers: Sequence[Peer],
+        vdisk: str,
+        version: int,
+        index: ChunkIndex,
+        partial: Path,
+        progress: ChunkProgress,
+        progress_file: Path,
+        log: structlog.stdlib.BoundLogger,
+    ) -> None:
+        self.session = session
+        self.peers = list(peers)
+        self.path = f"/replication/{vdisk}/{version}/chunks/"
+        self.index = index
+        self.partial = partial
+        self.progress = progress
+        self.progress_file = progress_file
+        self.log = log
+        self.fetched = 0
+        self._resting: dict[str, float] = {}
+        self._saved_at = time.monotonic()
+        self._fd = -1
+
+    async def run(self, parallel: int) -> None:
+        queue: asyncio.Queue[int] = asyncio.Queue()
+        for number in self.progress.remaining():
+            queue.put_nowait(number)
+        if queue.empty():
+            return
+        self._fd = os.open(self.partial, os.O_WRONLY)
+        try:
+            workers = [asyncio.create_task(self._work(queue, n)) for n in range(max(1, parallel))]
+            try:
+                await asyncio.gather(*workers)
+            finally:
+                for worker in workers:
+                    worker.cancel()
+                await asyncio.gather(*workers, return_exceptions=True)
+                await asyncio.to_thread(_save, self.progress_file, self.progress)
+        finally:
+            os.close(self._fd)
+
+    async def _work(self, queue: asyncio.Queue[int], worker: int) -> None:
+        while not queue.empty():
+            number = queue.get_nowait()
+            data = await self._fetch(number, worker)
+            await asyncio.to_thread(os.pwrite, self._fd, data, self.index.span(number)[0])
+            self.fetched += len(data)
+            self.progress = self.progress.with_done(number)
+            if time.monotonic() - self._saved_at >= SAVE_EVERY_S:
+                self._saved_at = time.monotonic()
+                await asyncio.to_thread(_save, self.progress_file, self.progress)
+
+    async def _fetch(self, number: int, worker: int) -> bytes:
+        expected = self.index.chunks[number]
+        length = self.index.span(number)[1]
+        problems: list[str] = []
+        for attempt in range(ROUNDS * len(self.peers)):
+            peer = self.peers[(number + worker + attempt) % len(self.peers)]
+            if self._resting.get(peer.name, 0.0) > time.monotonic():
+                if all(self._resting.get(p.name, 0.0) > time.monotonic() for p in self.peers):
+                    await asyncio.sleep(0.5)
+                continue
+            try:
+                async with self.session.get(peer.base + self.path + str(number)) as response:
+                    data = await response.read() if response.status == 200 else b""
+                    status = response.status
+            except (aiohttp.ClientError, TimeoutError) as error:
+                problems.append(f"{peer.name}: {error or type(error).__name__}")
+                self._rest(peer, problems[-1])
+                continue
+            if status != 200:
+                problems.append(f"{peer.name}: HTTP {status}")
+                self._rest(peer, problems[-1])
+                continue
+            if len(data) != length or _sha256(data) != expected:
+                problems.append(f"{peer.name}: chunk {number} does not match the index")
+                self._rest(peer, problems[-1])
+                continue
+            return data
+        raise Failure(f"chunk {number} could not be fetched: " + "; ".join(problems[-3:]))
+
+    def _rest(self, peer: Peer, problem: str) -> None:
+        if self._resting.get(peer.name, 0.0) <= time.monotonic():
+            self.log.warning("replication peer failed; trying the others", peer=peer.name, problem=problem)
+        self._resting[peer.name] = time.monotonic() + PEER_REST_S
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()

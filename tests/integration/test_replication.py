@@ -1,0 +1,96 @@
+"""Servers with their own stores: a version imported on one server is pulled by the others from
+its /replication/ and verified, and a new version that changes 1 MiB moves one chunk, not the
+disk. Three real `pvsd serve` processes on loopback addresses, one SQLite farm, three stores."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+from pathlib import Path
+from typing import Any
+
+from support.net import free_port
+from support.pvsd import ServeProcess, pvsd, pvsd_env, serve, server_states, wait_for
+
+HOSTS = {"pvs1": "127.0.0.51", "pvs2": "127.0.0.52", "pvs3": "127.0.0.53"}
+SIZE = 32 << 20  # 8 chunks of 4 MiB
+CHUNK = 4 << 20
+
+
+def _env(tmp_path: Path, name: str) -> dict[str, str]:
+    return pvsd_env(
+        f"sqlite:///{tmp_path}/farm.db",
+        server__name=name,
+        server__store=str(tmp_path / f"store-{name}"),
+        api__enabled="true",
+        api__port=str(free_port(HOSTS[name], socket.SOCK_STREAM)),
+        tftp__enabled="false",
+        replication__enabled="true",
+        replication__interval_s="0.5",
+        farm__heartbeat_interval="0.5",
+        farm__dead_after="5",
+    )
+
+
+def _replicas(env: dict[str, str], version: int) -> dict[str, dict[str, Any]]:
+    done = pvsd(env, "vdisk", "replicas", "lab", "--json")
+    assert done.returncode == 0, done.stderr
+    return {r["server"]: r for r in json.loads(done.stdout) if r["version"] == version}
+
+
+def _pulled(server: ServeProcess, version: int) -> dict[str, Any]:
+    events = [
+        e for e in server.log_events() if e.get("event") == "version pulled" and e["version"] == version
+    ]
+    assert len(events) == 1, events
+    return events[0]
+
+
+def test_every_server_pulls_each_version_and_a_new_one_moves_its_changed_chunk(tmp_path: Path) -> None:
+    envs = {name: _env(tmp_path, name) for name in HOSTS}
+    assert pvsd(envs["pvs1"], "farm", "init", "--name", "lab").returncode == 0
+    image = tmp_path / "disk.img"
+    data = bytearray(os.urandom(SIZE))
+    image.write_bytes(data)
+    with contextlib.ExitStack() as stack:
+        servers = {
+            name: stack.enter_context(serve(envs[name], name, HOSTS[name], tmp_path)) for name in HOSTS
+        }
+
+        wait_for(
+            lambda: [s["state"] for s in server_states(envs["pvs1"]).values()] == ["alive"] * 3, timeout=30
+        )
+        imported = pvsd(envs["pvs1"], "vdisk", "import", "lab", str(image), "--no-boot", "--quiet")
+        assert imported.returncode == 0, imported.stderr
+        assert "replica on pvs1 verified" in imported.stdout
+
+        wait_for(
+            lambda: (
+                all(r["state"] == "verified" for r in _replicas(envs["pvs1"], 1).values())
+                and len(_replicas(envs["pvs1"], 1)) == 3
+            ),
+            timeout=60,
+        )
+        for name in ("pvs2", "pvs3"):
+            assert (tmp_path / f"store-{name}/lab/v1.img").read_bytes() == data
+            pulled = _pulled(servers[name], 1)
+            assert pulled["fetched_bytes"] == SIZE and pulled["reused_bytes"] == 0
+        assert not list((tmp_path / "store-pvs2/lab").glob(".*"))  # no partial or progress file left
+
+        data[12 << 20 : 13 << 20] = os.urandom(1 << 20)  # inside chunk 3
+        image.write_bytes(data)
+        again = pvsd(envs["pvs1"], "vdisk", "import", "lab", str(image), "--no-boot", "--quiet")
+        assert again.returncode == 0, again.stderr
+        wait_for(
+            lambda: len([r for r in _replicas(envs["pvs1"], 2).values() if r["state"] == "verified"]) == 3,
+            timeout=60,
+        )
+        for name in ("pvs2", "pvs3"):
+            assert (tmp_path / f"store-{name}/lab/v2.img").read_bytes() == data
+            pulled = _pulled(servers[name], 2)
+            assert pulled["fetched_bytes"] == CHUNK, pulled  # the changed chunk, and nothing else
+            assert pulled["reused_bytes"] == SIZE - CHUNK
+        for server in servers.values():
+            assert "Traceback" not in server.log_text()
