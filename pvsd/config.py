@@ -120,6 +120,10 @@ def _port_range(value: str) -> str | None:
     return None
 
 
+def _zero_or_more_float(value: float) -> str | None:
+    return None if value >= 0 else f"{value} must be 0 (none) or more"
+
+
 def _positive_int(value: int) -> str | None:
     return None if value > 0 else f"{value} must be 1 or more"
 
@@ -471,6 +475,11 @@ class ReplicationConfig:
         True, "pull the vDisk versions this server lacks from the peers that hold them (their [api])"
     )
     parallel: int = _key(4, "chunks fetched at once per version, spread over the peers", _positive_int)
+    max_rate_mbit: float = _key(
+        0.0,
+        "cap on the bytes this server pulls, in Mbit/s (0: none), so copies leave room for streaming",
+        _zero_or_more_float,
+    )
     interval_s: float = _key(
         5.0, "how often the farm is looked at for versions to pull, in seconds", _positive
     )

@@ -35,6 +35,7 @@ from pvsd.net.reader import DecodeError
 from pvsd.vdisk.chunk_files import chunk_matches, index_image, read_chunk
 from pvsd.vdisk.chunks import ChunkIndex, ChunkProgress, decode_index, decode_progress, local_sources
 from pvsd.vdisk.image import image_path, read_sidecar, sha256_file, write_sidecar
+from pvsd.vdisk.ratelimit import RateLimit
 
 __all__ = ["Peer", "PullResult", "pull_version"]
 
@@ -70,6 +71,7 @@ async def pull_version(
     session: aiohttp.ClientSession,
     log: structlog.stdlib.BoundLogger,
     parallel: int = 4,
+    rate: RateLimit | None = None,
 ) -> PullResult:
     """Pull one version; Failure says why not (and what is held stays for the next try)."""
     started = time.monotonic()
@@ -85,7 +87,7 @@ async def pull_version(
     progress, reused = await asyncio.to_thread(_reuse_local, store, vdisk, version, index, partial, progress)
     if reused:
         await asyncio.to_thread(_save, progress_file, progress)
-    puller = _Fetcher(session, peers, vdisk, version, index, partial, progress, progress_file, log)
+    puller = _Fetcher(session, peers, vdisk, version, index, partial, progress, progress_file, log, rate)
     await puller.run(parallel)
     await asyncio.to_thread(_finish, partial, target, sha256)
     progress_file.unlink(missing_ok=True)
@@ -236,8 +238,10 @@ class _Fetcher:
         progress: ChunkProgress,
         progress_file: Path,
         log: structlog.stdlib.BoundLogger,
+        rate: RateLimit | None,
     ) -> None:
         self.session = session
+        self.rate = rate
         self.peers = list(peers)
         self.path = f"/replication/{vdisk}/{version}/chunks/"
         self.index = index
@@ -258,7 +262,7 @@ class _Fetcher:
             return
         self._fd = os.open(self.partial, os.O_WRONLY)
         try:
-            workers = [asyncio.create_task(self._work(queue, n)) for n in range(max(1, parallel))]
+            workers = [asyncio.create_task(self._work(queue)) for _ in range(max(1, parallel))]
             try:
                 await asyncio.gather(*workers)
             finally:
@@ -269,10 +273,15 @@ class _Fetcher:
         finally:
             os.close(self._fd)
 
-    async def _work(self, queue: asyncio.Queue[int], worker: int) -> None:
+    async def _work(self, queue: asyncio.Queue[int]) -> None:
         while not queue.empty():
             number = queue.get_nowait()
-            data = await self._fetch(number, worker)
+            if self.rate is not None:
+                # Paced before the request, so that the cap holds for what is in flight too.
+                wait = self.rate.delay(asyncio.get_running_loop().time(), self.index.span(number)[1])
+                if wait > 0:
+                    await asyncio.sleep(wait)
+            data = await self._fetch(number)
             await asyncio.to_thread(os.pwrite, self._fd, data, self.index.span(number)[0])
             self.fetched += len(data)
             self.progress = self.progress.with_done(number)
@@ -280,12 +289,13 @@ class _Fetcher:
                 self._saved_at = time.monotonic()
                 await asyncio.to_thread(_save, self.progress_file, self.progress)
 
-    async def _fetch(self, number: int, worker: int) -> bytes:
+    async def _fetch(self, number: int) -> bytes:
         expected = self.index.chunks[number]
         length = self.index.span(number)[1]
         problems: list[str] = []
         for attempt in range(ROUNDS * len(self.peers)):
-            peer = self.peers[(number + worker + attempt) % len(self.peers)]
+            # Neighbouring chunks go to different peers, so that a copy is spread over all of them.
+            peer = self.peers[(number + attempt) % len(self.peers)]
             if self._resting.get(peer.name, 0.0) > time.monotonic():
                 if all(self._resting.get(p.name, 0.0) > time.monotonic() for p in self.peers):
                     await asyncio.sleep(0.5)

@@ -27,6 +27,7 @@ from pvsd.farm.membership import Membership
 from pvsd.farm.records import AccessMode, ReplicaState, Server, ServerHealth
 from pvsd.vdisk.image import image_path
 from pvsd.vdisk.puller import Peer, pull_version
+from pvsd.vdisk.ratelimit import RateLimit
 
 __all__ = ["Replicator"]
 
@@ -40,6 +41,8 @@ class Replicator:
         self.folder = Path(config.server.store).resolve()
         self._task: asyncio.Task[None] | None = None
         self._told: set[tuple[str, int, str]] = set()
+        # One cap for every pull of this server: pulls run one at a time.
+        self.rate = RateLimit(config.replication.max_rate_mbit * 1e6 / 8)
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="replication")
@@ -111,6 +114,7 @@ class Replicator:
                 session,
                 self.log,
                 self.config.replication.parallel,
+                self.rate,
             )
         except (PvsdError, OSError) as error:
             reason = str(error)

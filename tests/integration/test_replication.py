@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import socket
 from pathlib import Path
 from typing import Any
@@ -94,3 +95,46 @@ def test_every_server_pulls_each_version_and_a_new_one_moves_its_changed_chunk(t
             assert pulled["reused_bytes"] == SIZE - CHUNK
         for server in servers.values():
             assert "Traceback" not in server.log_text()
+
+
+def test_a_pull_resumes_after_its_own_crash_and_finishes_from_another_peer_when_its_source_dies(
+    tmp_path: Path,
+) -> None:
+    """pvs3 pulls at 32 Mbit/s (one chunk a second): SIGKILLed mid-copy, it resumes from what it
+    held; then pvs1 is SIGKILLed, and pvs3 finishes from pvs2 with the right bytes."""
+    envs = {name: _env(tmp_path, name) for name in HOSTS}
+    envs["pvs3"]["PVSD_REPLICATION__MAX_RATE_MBIT"] = "32"
+    assert pvsd(envs["pvs1"], "farm", "init", "--name", "lab").returncode == 0
+    image = tmp_path / "disk.img"
+    data = os.urandom(SIZE)
+    image.write_bytes(data)
+    folder = tmp_path / "store-pvs3/lab"
+    with contextlib.ExitStack() as stack:
+        pvs1 = stack.enter_context(serve(envs["pvs1"], "pvs1", HOSTS["pvs1"], tmp_path))
+        stack.enter_context(serve(envs["pvs2"], "pvs2", HOSTS["pvs2"], tmp_path))
+        wait_for(lambda: len(server_states(envs["pvs1"])) == 2, timeout=30)
+        assert (
+            pvsd(envs["pvs1"], "vdisk", "import", "lab", str(image), "--no-boot", "--quiet").returncode == 0
+        )
+        wait_for(lambda: _replicas(envs["pvs1"], 1).get("pvs2", {}).get("state") == "verified", timeout=60)
+
+        first = stack.enter_context(serve(envs["pvs3"], "pvs3", HOSTS["pvs3"], tmp_path))
+        wait_for(lambda: any(folder.glob(".v1.img.*.progress")), timeout=30)
+        assert _replicas(envs["pvs1"], 1)["pvs3"]["state"] == "copying"  # logins go elsewhere meanwhile
+        first.signal(signal.SIGKILL)
+        first.wait()
+        assert not (folder / "v1.img").exists()  # nothing half-written is ever the image
+
+        second = stack.enter_context(serve(envs["pvs3"], "pvs3", HOSTS["pvs3"], tmp_path))
+        wait_for(lambda: any(e.get("event") == "pulling a version" for e in second.log_events()), timeout=30)
+        pvs1.signal(signal.SIGKILL)
+        wait_for(lambda: _replicas(envs["pvs2"], 1).get("pvs3", {}).get("state") == "verified", timeout=90)
+        assert (folder / "v1.img").read_bytes() == data
+        pulled = _pulled(second, 1)
+        assert pulled["resumed_chunks"] >= 1, pulled
+        assert pulled["fetched_bytes"] <= SIZE - CHUNK * pulled["resumed_chunks"]
+        failed = [
+            e for e in second.log_events() if e.get("event") == "replication peer failed; trying the others"
+        ]
+        assert failed and {e["peer"] for e in failed} == {"pvs1"}, failed
+        assert "Traceback" not in second.log_text()
