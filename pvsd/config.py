@@ -480,6 +480,12 @@ class ReplicationConfig:
         "cap on the bytes this server pulls, in Mbit/s (0: none), so copies leave room for streaming",
         _zero_or_more_float,
     )
+    verify_interval_s: float = _key(
+        86400.0, "how often each held version is scrubbed, chunk by chunk, for bit rot, in seconds", _positive
+    )
+    verify_rate_mbit: float = _key(
+        800.0, "cap on the scrub's reading and hashing, in Mbit/s (0: none)", _zero_or_more_float
+    )
     interval_s: float = _key(
         5.0, "how often the farm is looked at for versions to pull, in seconds", _positive
     )

@@ -22,18 +22,13 @@ from aiohttp import web
 
 from pvsd.errors import BadInput, PvsdError
 from pvsd.names import check_name
-from pvsd.net.reader import DecodeError
-from pvsd.vdisk.chunk_files import index_image, read_chunk
-from pvsd.vdisk.chunks import ChunkIndex, decode_index, encode_index
+from pvsd.vdisk.chunk_files import index_image, keep_index, kept_index, read_chunk
+from pvsd.vdisk.chunks import ChunkIndex, encode_index
 from pvsd.vdisk.image import image_path, read_sidecar
 
-__all__ = ["REPLICATION_PREFIX", "ReplicationHttp", "index_path"]
+__all__ = ["REPLICATION_PREFIX", "ReplicationHttp"]
 
 REPLICATION_PREFIX = "/replication/"
-
-
-def index_path(image: Path) -> Path:
-    return image.with_name(image.name + ".chunks")
 
 
 class ReplicationHttp:
@@ -102,19 +97,13 @@ class ReplicationHttp:
         info = image.stat()
         if sidecar is None or (sidecar.size, sidecar.mtime_ns) != (info.st_size, info.st_mtime_ns):
             raise _problem(web.HTTPConflict, f"{image.name} is not verified on this server (yet)")
-        kept = index_path(image)
-        try:
-            index = decode_index(kept.read_bytes())
-            if index.sha256 == sidecar.sha256 and index.size == info.st_size:
-                return index
-        except (OSError, DecodeError):
-            pass  # none yet, or stale: computed again below
+        kept = kept_index(image, sidecar.sha256)
+        if kept is not None and kept.size == info.st_size:
+            return kept
         index = index_image(image)
         if index.sha256 != sidecar.sha256:
             raise _problem(web.HTTPConflict, f"{image.name} no longer has the hash it was verified with")
-        partial = kept.with_name(kept.name + ".part")
-        partial.write_bytes(encode_index(index))
-        partial.replace(kept)
+        keep_index(image, index)
         self.log.info("chunk index made", image=str(image), chunks=index.count, sha256=index.sha256)
         return index
 

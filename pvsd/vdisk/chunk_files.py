@@ -7,12 +7,22 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from pvsd.errors import Failure, Misuse
-from pvsd.vdisk.chunks import CHUNK_SIZE, ChunkIndex, IndexBuilder
+from pvsd.net.reader import DecodeError
+from pvsd.vdisk.chunks import CHUNK_SIZE, ChunkIndex, IndexBuilder, decode_index, encode_index
 
-__all__ = ["chunk_matches", "index_image", "read_chunk"]
+__all__ = [
+    "bad_chunks",
+    "chunk_matches",
+    "index_image",
+    "keep_index",
+    "kept_index",
+    "kept_index_path",
+    "read_chunk",
+]
 
 
 def _cannot(action: str, path: Path, error: OSError) -> Failure:
@@ -85,3 +95,40 @@ def chunk_matches(path: Path, index: ChunkIndex, number: int) -> bool:
     offset, length = index.span(number)
     data = _read_span(path, offset, length)
     return len(data) == length and hashlib.sha256(data).hexdigest() == index.chunks[number]
+
+
+def kept_index_path(image: Path) -> Path:
+    """Where an image's index is kept beside it: computed once, for peers and for the scrub."""
+    return image.with_name(image.name + ".chunks")
+
+
+def kept_index(image: Path, sha256: str, chunk_size: int = CHUNK_SIZE) -> ChunkIndex | None:
+    """The kept index of `image` if it is one of the image with this hash, else None."""
+    try:
+        index = decode_index(kept_index_path(image).read_bytes())
+    except (OSError, DecodeError):
+        return None
+    return index if index.sha256 == sha256 and index.chunk_size == chunk_size else None
+
+
+def keep_index(image: Path, index: ChunkIndex) -> None:
+    """Write the index beside the image, whole or not at all."""
+    target = kept_index_path(image)
+    partial = target.with_name(target.name + ".part")
+    try:
+        partial.write_bytes(encode_index(index))
+        partial.replace(target)
+    except OSError as error:
+        partial.unlink(missing_ok=True)
+        raise _cannot("write the chunk index of", image, error) from None
+
+
+def bad_chunks(image: Path, index: ChunkIndex, pace: Callable[[int], None]) -> list[int]:
+    """The chunks of `image` whose bytes no longer hash as `index` says (the scrub); `pace` is
+    called with each chunk's length before it is read, to keep the hash rate down."""
+    bad = []
+    for number in range(index.count):
+        pace(index.span(number)[1])
+        if not chunk_matches(image, index, number):
+            bad.append(number)
+    return bad

@@ -32,12 +32,12 @@ import structlog
 
 from pvsd.errors import Failure
 from pvsd.net.reader import DecodeError
-from pvsd.vdisk.chunk_files import chunk_matches, index_image, read_chunk
+from pvsd.vdisk.chunk_files import chunk_matches, index_image, keep_index, kept_index, read_chunk
 from pvsd.vdisk.chunks import ChunkIndex, ChunkProgress, decode_index, decode_progress, local_sources
 from pvsd.vdisk.image import image_path, read_sidecar, sha256_file, write_sidecar
 from pvsd.vdisk.ratelimit import RateLimit
 
-__all__ = ["Peer", "PullResult", "pull_version"]
+__all__ = ["Peer", "PullResult", "fetch_index", "pull_version", "repair_chunks"]
 
 REQUEST_TIMEOUT_S = 30.0
 PEER_REST_S = 5.0  # how long a peer that failed is left alone
@@ -78,7 +78,7 @@ async def pull_version(
     if not peers:
         raise Failure(f"no peer holds {vdisk} version {version}")
     target = image_path(store, vdisk, version)
-    index, source = await _index(session, peers, vdisk, version, sha256, size)
+    index, source = await fetch_index(session, peers, vdisk, version, sha256, size)
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_name(f".{target.name}.partial")
     progress_file = target.with_name(f".{target.name}.{sha256[:16]}.progress")
@@ -90,6 +90,7 @@ async def pull_version(
     puller = _Fetcher(session, peers, vdisk, version, index, partial, progress, progress_file, log, rate)
     await puller.run(parallel)
     await asyncio.to_thread(_finish, partial, target, sha256)
+    await asyncio.to_thread(keep_index, target, index)  # for the next peer, and for the scrub
     progress_file.unlink(missing_ok=True)
     result = PullResult(
         target,
@@ -112,9 +113,55 @@ async def pull_version(
     return result
 
 
-async def _index(
+async def repair_chunks(
+    image: Path,
+    index: ChunkIndex,
+    bad: Sequence[int],
+    peers: Sequence[Peer],
+    session: aiohttp.ClientSession,
+    log: structlog.stdlib.BoundLogger,
+    parallel: int = 4,
+    rate: RateLimit | None = None,
+) -> int:
+    """Fetch only the `bad` chunks of a verified image into it, in place (readers see the right
+    bytes as soon as each lands), then check the whole and record it; the bytes fetched."""
+    done = frozenset(range(index.count)) - frozenset(bad)
+    progress_file = image.with_name(f".{image.name}.repair.progress")
+    vdisk, version = image.parent.name, _number(image)
+    fetcher = _Fetcher(
+        session,
+        peers,
+        vdisk,
+        version,
+        index,
+        image,
+        ChunkProgress(index.count, done),
+        progress_file,
+        log,
+        rate,
+    )
+    try:
+        await fetcher.run(parallel)
+    finally:
+        progress_file.unlink(missing_ok=True)
+
+    def check() -> None:
+        with image.open("rb+") as stream:
+            os.fsync(stream.fileno())
+        actual = sha256_file(image)
+        if actual != index.sha256:
+            raise Failure(f"{image}: still hashes to {actual} after the repair, not {index.sha256}")
+        write_sidecar(image, index.sha256)
+        keep_index(image, index)
+
+    await asyncio.to_thread(check)
+    return fetcher.fetched
+
+
+async def fetch_index(
     session: aiohttp.ClientSession, peers: Sequence[Peer], vdisk: str, version: int, sha256: str, size: int
 ) -> tuple[ChunkIndex, str]:
+    """The version's index from the first peer whose index is of the farm's image, and its name."""
     problems = []
     for peer in peers:
         try:
@@ -185,11 +232,9 @@ def _local_index(image: Path, chunk_size: int) -> ChunkIndex | None:
     info = image.stat()
     if (sidecar.size, sidecar.mtime_ns) != (info.st_size, info.st_mtime_ns):
         return None
-    kept = image.with_name(image.name + ".chunks")
-    with contextlib.suppress(OSError, DecodeError):
-        index = decode_index(kept.read_bytes())
-        if index.sha256 == sidecar.sha256 and index.chunk_size == chunk_size:
-            return index
+    kept = kept_index(image, sidecar.sha256, chunk_size)
+    if kept is not None:
+        return kept
     index = index_image(image, chunk_size)
     return index if index.sha256 == sidecar.sha256 else None
 

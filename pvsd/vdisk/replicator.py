@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from pathlib import Path
 
 import aiohttp
@@ -25,8 +26,10 @@ from pvsd.errors import PvsdError
 from pvsd.farm.errors import StoreError
 from pvsd.farm.membership import Membership
 from pvsd.farm.records import AccessMode, ReplicaState, Server, ServerHealth
+from pvsd.vdisk.chunk_files import bad_chunks, kept_index
+from pvsd.vdisk.chunks import ChunkIndex
 from pvsd.vdisk.image import image_path
-from pvsd.vdisk.puller import Peer, pull_version
+from pvsd.vdisk.puller import Peer, pull_version, repair_chunks
 from pvsd.vdisk.ratelimit import RateLimit
 
 __all__ = ["Replicator"]
@@ -39,19 +42,23 @@ class Replicator:
         self.store = membership.store
         self.log = log
         self.folder = Path(config.server.store).resolve()
-        self._task: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
         self._told: set[tuple[str, int, str]] = set()
         # One cap for every pull of this server: pulls run one at a time.
         self.rate = RateLimit(config.replication.max_rate_mbit * 1e6 / 8)
 
     async def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="replication")
+        self._tasks = [
+            asyncio.create_task(self._run(), name="replication"),
+            asyncio.create_task(self._scrub_loop(), name="replication-scrub"),
+        ]
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+                await task
 
     async def _run(self) -> None:
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=30)
@@ -65,14 +72,9 @@ class Replicator:
 
     async def look(self, session: aiohttp.ClientSession) -> None:
         """Pull each version this server lacks, one after the other."""
-        this = self.config.server.name
         vdisks = await asyncio.to_thread(self.store.list_vdisks)
         replicas = await asyncio.to_thread(self.store.list_replicas)
-        servers = {
-            s.name: s
-            for s in self.membership.known_servers(asyncio.get_running_loop().time())
-            if s.name != this and s.health(self.config.farm.dead_after) is ServerHealth.ALIVE
-        }
+        servers = self._live_peers()
         for vdisk in vdisks:
             if vdisk.mode is not AccessMode.STANDARD:
                 continue
@@ -86,7 +88,6 @@ class Replicator:
                     and r.version == version.number
                     and r.state is ReplicaState.VERIFIED
                     and r.server in servers
-                    and "api" in servers[r.server].ports  # a peer with its HTTP service off serves nothing
                 ]
                 if peers:
                     await self._pull(session, vdisk.name, version.number, version.sha256, vdisk.size, peers)
@@ -133,6 +134,96 @@ class Replicator:
             self.store.report_replica, this, vdisk, version, sha256, ReplicaState.VERIFIED
         )
         self.log.info("replica verified", vdisk=vdisk, version=version, path=str(result.path))
+
+    async def _scrub_loop(self) -> None:
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=30)
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            while True:
+                await asyncio.sleep(self.config.replication.verify_interval_s)
+                try:
+                    await self.scrub(session)
+                except StoreError as error:
+                    self.log.warning("scrub skipped: the farm store is unreachable", error=str(error))
+
+    async def scrub(self, session: aiohttp.ClientSession) -> None:
+        """Hash every chunk of every held standard version against its kept index, at the
+        verify rate; repair the bad chunks, and only those, from the peers."""
+        this = self.config.server.name
+        vdisks = await asyncio.to_thread(self.store.list_vdisks)
+        for vdisk in vdisks:
+            if vdisk.mode is not AccessMode.STANDARD:
+                continue
+            for version in vdisk.versions:
+                image = image_path(self.folder, vdisk.name, version.number)
+                if not version.sha256 or not image.exists():
+                    continue
+                index = await asyncio.to_thread(kept_index, image, version.sha256)
+                if index is None:
+                    continue  # not verified here yet: the replica scan and the pull see to it
+                limit = RateLimit(self.config.replication.verify_rate_mbit * 1e6 / 8)
+
+                def pace(size: int, limit: RateLimit = limit) -> None:
+                    time.sleep(limit.delay(time.monotonic(), size))
+
+                try:
+                    bad = await asyncio.to_thread(bad_chunks, image, index, pace)
+                except PvsdError as error:
+                    self.log.error("scrub could not read a version", path=str(image), error=str(error))
+                    continue
+                if not bad:
+                    continue
+                self.log.error(
+                    "scrub found bad chunks",
+                    vdisk=vdisk.name,
+                    version=version.number,
+                    chunks=bad,
+                    path=str(image),
+                )
+                await asyncio.to_thread(
+                    self.store.report_replica, this, vdisk.name, version.number, None, ReplicaState.BAD
+                )
+                await self._repair(session, vdisk.name, version.number, image, index, bad)
+
+    async def _repair(
+        self,
+        session: aiohttp.ClientSession,
+        vdisk: str,
+        version: int,
+        image: Path,
+        index: ChunkIndex,
+        bad: list[int],
+    ) -> None:
+        replicas = await asyncio.to_thread(self.store.list_replicas, vdisk)
+        servers = self._live_peers()
+        peers = [
+            _peer(servers[r.server])
+            for r in replicas
+            if r.version == version and r.state is ReplicaState.VERIFIED and r.server in servers
+        ]
+        try:
+            fetched = await repair_chunks(
+                image, index, bad, peers, session, self.log, self.config.replication.parallel, self.rate
+            )
+        except (PvsdError, OSError) as error:
+            self.log.error(
+                "bad chunks not repaired; tried again at the next scrub", path=str(image), error=str(error)
+            )
+            return
+        this = self.config.server.name
+        await asyncio.to_thread(
+            self.store.report_replica, this, vdisk, version, index.sha256, ReplicaState.VERIFIED
+        )
+        self.log.info("replica repaired", vdisk=vdisk, version=version, chunks=bad, fetched_bytes=fetched)
+
+    def _live_peers(self) -> dict[str, Server]:
+        """Live peers that serve HTTP, by name."""
+        return {
+            s.name: s
+            for s in self.membership.known_servers(asyncio.get_running_loop().time())
+            if s.name != self.config.server.name
+            and s.health(self.config.farm.dead_after) is ServerHealth.ALIVE
+            and "api" in s.ports
+        }
 
 
 def _peer(server: Server) -> Peer:

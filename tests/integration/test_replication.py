@@ -138,3 +138,42 @@ def test_a_pull_resumes_after_its_own_crash_and_finishes_from_another_peer_when_
         ]
         assert failed and {e["peer"] for e in failed} == {"pvs1"}, failed
         assert "Traceback" not in second.log_text()
+
+
+def test_the_scrub_finds_one_flipped_byte_and_fetches_only_its_chunk(tmp_path: Path) -> None:
+    """Bit rot does not change the file's size or mtime, so the replica scan's sidecar still
+    trusts it: only hashing the chunks finds it."""
+    envs = {name: _env(tmp_path, name) for name in ("pvs1", "pvs2")}
+    envs["pvs2"]["PVSD_REPLICATION__VERIFY_INTERVAL_S"] = "1"
+    assert pvsd(envs["pvs1"], "farm", "init", "--name", "lab").returncode == 0
+    image = tmp_path / "disk.img"
+    data = os.urandom(SIZE)
+    image.write_bytes(data)
+    copy = tmp_path / "store-pvs2/lab/v1.img"
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(serve(envs["pvs1"], "pvs1", HOSTS["pvs1"], tmp_path))
+        pvs2 = stack.enter_context(serve(envs["pvs2"], "pvs2", HOSTS["pvs2"], tmp_path))
+        wait_for(lambda: len(server_states(envs["pvs1"])) == 2, timeout=30)
+        assert (
+            pvsd(envs["pvs1"], "vdisk", "import", "lab", str(image), "--no-boot", "--quiet").returncode == 0
+        )
+        wait_for(lambda: _replicas(envs["pvs1"], 1).get("pvs2", {}).get("state") == "verified", timeout=60)
+
+        before = copy.stat()
+        with copy.open("r+b") as stream:
+            stream.seek(5 * CHUNK + 1234)
+            byte = stream.read(1)
+            stream.seek(5 * CHUNK + 1234)
+            stream.write(bytes([byte[0] ^ 0x01]))
+        os.utime(copy, ns=(before.st_atime_ns, before.st_mtime_ns))
+
+        def repaired() -> list[dict[str, Any]]:
+            return [e for e in pvs2.log_events() if e.get("event") == "replica repaired"]
+
+        wait_for(lambda: bool(repaired()), timeout=30)
+        found = [e for e in pvs2.log_events() if e.get("event") == "scrub found bad chunks"]
+        assert found[0]["chunks"] == [5]
+        assert repaired()[0]["chunks"] == [5] and repaired()[0]["fetched_bytes"] == CHUNK
+        assert copy.read_bytes() == data
+        assert _replicas(envs["pvs1"], 1)["pvs2"]["state"] == "verified"
+        assert "Traceback" not in pvs2.log_text()
