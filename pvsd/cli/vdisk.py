@@ -7,6 +7,7 @@ import contextlib
 import os
 import shutil
 import sys
+import time
 from pathlib import Path
 
 from pvsd.boot.linux_image import find_linux_boot
@@ -22,7 +23,7 @@ from pvsd.cli.common import (
 )
 from pvsd.config import Config
 from pvsd.errors import BadInput
-from pvsd.farm.records import AccessMode, VDisk, VDiskShape, WriteCache
+from pvsd.farm.records import AccessMode, Replica, ReplicaState, ServerHealth, VDisk, VDiskShape, WriteCache
 from pvsd.names import check_name
 from pvsd.units import format_size
 from pvsd.vdisk.formats import CONVERTIBLE, convert_to_raw, probe_image
@@ -75,6 +76,15 @@ def register(commands: Commands) -> None:
     with_json(vdisk.command("list", _list, "list vDisks"))
     replicas = with_json(vdisk.command("replicas", _replicas, "which server holds which version"))
     replicas.add_argument("name", nargs="?", help="only this vDisk")
+    sync = vdisk.command(
+        "sync", _sync, "whether every live server holds a version; --wait follows the copies"
+    )
+    sync.add_argument("name")
+    sync.add_argument("--version", type=int, metavar="N", help="this version (default: the newest)")
+    sync.add_argument("--wait", action="store_true", help="wait until every live server has it verified")
+    sync.add_argument(
+        "--timeout", type=float, default=3600.0, metavar="S", help="with --wait, give up after S seconds"
+    )
     remove = vdisk.command("remove", _remove, "remove a vDisk no device is assigned and no target streams")
     remove.add_argument("name")
     remove.add_argument(
@@ -223,16 +233,84 @@ def _list(args: argparse.Namespace, config: Config) -> int:
 
 
 def _replicas(args: argparse.Namespace, config: Config) -> int:
-    replicas = open_farm(config).list_replicas(args.name)
+    store = open_farm(config)
+    replicas = store.list_replicas(args.name)
     if args.json:
         print_json(replicas)
         return 0
+    health = {s.name: s.health(config.farm.dead_after) for s in store.list_servers()}
+    sizes = {v.name: v.size for v in store.list_vdisks()}
     print_table(
-        ["VDISK", "VERSION", "SERVER", "STATE", "SHA256"],
-        [[r.vdisk, r.version, r.server, r.state, (r.sha256 or "-")[:16]] for r in replicas],
+        ["VDISK", "VERSION", "SERVER", "STATE", "FETCHED", "SHA256"],
+        [
+            [
+                r.vdisk,
+                r.version,
+                r.server,
+                replica_state_text(r, sizes.get(r.vdisk, 0), health.get(r.server)),
+                format_size(r.fetched_bytes),
+                (r.sha256 or "-")[:16],
+            ]
+            for r in replicas
+        ],
         "no replicas: servers report the images in their [server] store",
     )
     return 0
+
+
+def replica_state_text(replica: Replica, size: int, health: ServerHealth | None) -> str:
+    """`verified`, `copying 42% at 12.0 MiB/s`, ..., or `unreachable` for a server that is not alive."""
+    if health is not ServerHealth.ALIVE:
+        return f"unreachable ({replica.state})"
+    if replica.state is ReplicaState.COPYING:
+        percent = replica.copied_bytes * 100 // size if size else 0
+        rate = f" at {format_size(int(replica.rate_bps))}/s" if replica.rate_bps else ""
+        return f"copying {percent}%{rate}"
+    return str(replica.state)
+
+
+def _sync(args: argparse.Namespace, config: Config) -> int:
+    """Show (and with --wait, follow) the copies of a version until every live server holds it."""
+    store = open_farm(config)
+    vdisk = store.get_vdisk(args.name)
+    if not vdisk.versions:
+        raise BadInput(f"vDisk {args.name!r} has no version yet")
+    number = args.version if args.version is not None else vdisk.versions[-1].number
+    if number not in {v.number for v in vdisk.versions}:
+        raise BadInput(f"vDisk {args.name!r} has no version {number}")
+    deadline = time.monotonic() + args.timeout
+    show = progress_bar(f"{args.name} v{number}") if sys.stderr.isatty() else None
+    while True:
+        live = {
+            s.name for s in store.list_servers() if s.health(config.farm.dead_after) is ServerHealth.ALIVE
+        }
+        replicas = {r.server: r for r in store.list_replicas(args.name) if r.version == number}
+        held = sum(
+            vdisk.size if r.state is ReplicaState.VERIFIED else r.copied_bytes
+            for name, r in replicas.items()
+            if name in live
+        )
+        lacking = sorted(
+            n for n in live if replicas.get(n) is None or replicas[n].state is not ReplicaState.VERIFIED
+        )
+        if show is not None:
+            show(held, vdisk.size * max(len(live), 1))
+        if not lacking:
+            print(f"{args.name} version {number}: verified on every live server ({', '.join(sorted(live))})")
+            return 0
+        if not args.wait or time.monotonic() > deadline:
+            states = ", ".join(
+                f"{n}: "
+                + (
+                    replica_state_text(replicas[n], vdisk.size, ServerHealth.ALIVE)
+                    if n in replicas
+                    else "missing"
+                )
+                for n in lacking
+            )
+            print(f"{args.name} version {number}: not yet on {states}")
+            return 1
+        time.sleep(1.0)
 
 
 def _remove(args: argparse.Namespace, config: Config) -> int:

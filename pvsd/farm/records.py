@@ -197,6 +197,9 @@ class Replica:
     sha256: str | None
     state: ReplicaState
     verified_at: float | None
+    copied_bytes: int = 0  # while copying: how much of the version this server holds
+    fetched_bytes: int = 0  # what this server pulled over the network for it, in all
+    rate_bps: float | None = None  # while copying: bytes per second, lately
 
 
 @dataclass(frozen=True)

@@ -142,6 +142,15 @@ MIGRATIONS: tuple[Migration, ...] = (
             "ALTER TABLE version_boot ADD COLUMN initrd_size BIGINT",
         ),
     ),
+    Migration(
+        7,
+        "a replica's copy in progress and what it cost: bytes held, bytes pulled over the network, rate",
+        (
+            "ALTER TABLE replicas ADD COLUMN copied_bytes BIGINT NOT NULL DEFAULT 0",
+            "ALTER TABLE replicas ADD COLUMN fetched_bytes BIGINT NOT NULL DEFAULT 0",
+            "ALTER TABLE replicas ADD COLUMN rate_bps DOUBLE PRECISION",
+        ),
+    ),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version

@@ -775,6 +775,23 @@ class FarmStore:
         )
         self._audit(cursor, "replica.report", f"{server}:{vdisk}.{version}", sha256=sha256, state=state)
 
+    def report_copy(
+        self, server: str, vdisk: str, version: int, copied_bytes: int, fetched_bytes: int, rate_bps: float
+    ) -> None:
+        """How far a server's copy of a version has come; not audited (it changes every second)."""
+
+        def work(cursor: Cursor) -> None:
+            server_id = self._id(cursor, "servers", "name", server, "server")
+            vdisk_id = self._id(cursor, "vdisks", "name", vdisk, "vDisk")
+            self._exec(
+                cursor,
+                """UPDATE replicas SET copied_bytes = ?, fetched_bytes = ?, rate_bps = ?
+                   WHERE server_id = ? AND vdisk_id = ? AND number = ?""",
+                (copied_bytes, fetched_bytes, rate_bps, server_id, vdisk_id, version),
+            )
+
+        self._run(True, work)
+
     def list_replicas(self, vdisk: str | None = None) -> list[Replica]:
         return self._run(False, lambda cursor: self._replicas_in(cursor, vdisk))
 
@@ -782,14 +799,23 @@ class FarmStore:
         where, params = ("WHERE v.name = ?", (vdisk,)) if vdisk else ("", ())
         rows = self._all(
             cursor,
-            f"""SELECT sv.name, v.name, r.number, r.sha256, r.state, r.verified_at
+            f"""SELECT sv.name, v.name, r.number, r.sha256, r.state, r.verified_at,
+                       r.copied_bytes, r.fetched_bytes, r.rate_bps
                 FROM replicas r JOIN servers sv ON sv.id = r.server_id JOIN vdisks v ON v.id = r.vdisk_id
                 {where} ORDER BY v.name, r.number, sv.name""",
             params,
         )
         return [
             Replica(
-                server=r[0], vdisk=r[1], version=r[2], sha256=r[3], state=ReplicaState(r[4]), verified_at=r[5]
+                server=r[0],
+                vdisk=r[1],
+                version=r[2],
+                sha256=r[3],
+                state=ReplicaState(r[4]),
+                verified_at=r[5],
+                copied_bytes=r[6],
+                fetched_bytes=r[7],
+                rate_bps=r[8],
             )
             for r in rows
         ]

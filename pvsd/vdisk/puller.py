@@ -23,7 +23,7 @@ import contextlib
 import hashlib
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,6 +43,10 @@ REQUEST_TIMEOUT_S = 30.0
 PEER_REST_S = 5.0  # how long a peer that failed is left alone
 SAVE_EVERY_S = 1.0  # how often the progress bitmap is written
 ROUNDS = 20  # passes over the peers for one chunk before the pull gives up
+
+
+Progress = Callable[[int, int, float], Awaitable[None]]
+"""Called about once a second: bytes held, bytes fetched by this pull, bytes per second."""
 
 
 @dataclass(frozen=True)
@@ -72,6 +76,7 @@ async def pull_version(
     log: structlog.stdlib.BoundLogger,
     parallel: int = 4,
     rate: RateLimit | None = None,
+    on_progress: Progress | None = None,
 ) -> PullResult:
     """Pull one version; Failure says why not (and what is held stays for the next try)."""
     started = time.monotonic()
@@ -87,7 +92,9 @@ async def pull_version(
     progress, reused = await asyncio.to_thread(_reuse_local, store, vdisk, version, index, partial, progress)
     if reused:
         await asyncio.to_thread(_save, progress_file, progress)
-    puller = _Fetcher(session, peers, vdisk, version, index, partial, progress, progress_file, log, rate)
+    puller = _Fetcher(
+        session, peers, vdisk, version, index, partial, progress, progress_file, log, rate, on_progress
+    )
     await puller.run(parallel)
     await asyncio.to_thread(_finish, partial, target, sha256)
     await asyncio.to_thread(keep_index, target, index)  # for the next peer, and for the scrub
@@ -284,9 +291,12 @@ class _Fetcher:
         progress_file: Path,
         log: structlog.stdlib.BoundLogger,
         rate: RateLimit | None,
+        on_progress: Progress | None = None,
     ) -> None:
         self.session = session
         self.rate = rate
+        self.on_progress = on_progress
+        self._started = time.monotonic()
         self.peers = list(peers)
         self.path = f"/replication/{vdisk}/{version}/chunks/"
         self.index = index
@@ -333,6 +343,10 @@ class _Fetcher:
             if time.monotonic() - self._saved_at >= SAVE_EVERY_S:
                 self._saved_at = time.monotonic()
                 await asyncio.to_thread(_save, self.progress_file, self.progress)
+                if self.on_progress is not None:
+                    held = self.index.chunk_bytes(self.progress.done)
+                    rate = self.fetched / max(1e-3, time.monotonic() - self._started)
+                    await self.on_progress(held, self.fetched, rate)
 
     async def _fetch(self, number: int) -> bytes:
         expected = self.index.chunks[number]

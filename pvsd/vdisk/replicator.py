@@ -102,7 +102,16 @@ class Replicator:
         peers: list[Peer],
     ) -> None:
         this = self.config.server.name
-        await asyncio.to_thread(self.store.report_replica, this, vdisk, version, None, ReplicaState.COPYING)
+        earlier = await asyncio.to_thread(
+            self.store.report_replica, this, vdisk, version, None, ReplicaState.COPYING
+        )
+
+        async def progress(held: int, fetched: int, rate: float) -> None:
+            with contextlib.suppress(StoreError):  # the next second says it again
+                await asyncio.to_thread(
+                    self.store.report_copy, this, vdisk, version, held, earlier.fetched_bytes + fetched, rate
+                )
+
         self.log.info("pulling a version", vdisk=vdisk, version=version, peers=[p.name for p in peers])
         try:
             result = await pull_version(
@@ -116,6 +125,7 @@ class Replicator:
                 self.log,
                 self.config.replication.parallel,
                 self.rate,
+                progress,
             )
         except (PvsdError, OSError) as error:
             reason = str(error)
@@ -133,6 +143,8 @@ class Replicator:
         await asyncio.to_thread(
             self.store.report_replica, this, vdisk, version, sha256, ReplicaState.VERIFIED
         )
+        fetched = earlier.fetched_bytes + result.fetched_bytes
+        await asyncio.to_thread(self.store.report_copy, this, vdisk, version, size, fetched, 0.0)
         self.log.info("replica verified", vdisk=vdisk, version=version, path=str(result.path))
 
     async def _scrub_loop(self) -> None:
@@ -210,8 +222,11 @@ class Replicator:
             )
             return
         this = self.config.server.name
-        await asyncio.to_thread(
+        replica = await asyncio.to_thread(
             self.store.report_replica, this, vdisk, version, index.sha256, ReplicaState.VERIFIED
+        )
+        await asyncio.to_thread(
+            self.store.report_copy, this, vdisk, version, index.size, replica.fetched_bytes + fetched, 0.0
         )
         self.log.info("replica repaired", vdisk=vdisk, version=version, chunks=bad, fetched_bytes=fetched)
 

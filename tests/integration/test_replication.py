@@ -79,6 +79,10 @@ def test_every_server_pulls_each_version_and_a_new_one_moves_its_changed_chunk(t
             pulled = _pulled(servers[name], 1)
             assert pulled["fetched_bytes"] == SIZE and pulled["reused_bytes"] == 0
         assert not list((tmp_path / "store-pvs2/lab").glob(".*"))  # no partial or progress file left
+        fetched = {name: r["fetched_bytes"] for name, r in _replicas(envs["pvs1"], 1).items()}
+        assert fetched == {"pvs1": 0, "pvs2": SIZE, "pvs3": SIZE}
+        synced = pvsd(envs["pvs1"], "vdisk", "sync", "lab", "--wait", "--timeout", "30")
+        assert synced.returncode == 0 and "verified on every live server (pvs1, pvs2, pvs3)" in synced.stdout
 
         data[12 << 20 : 13 << 20] = os.urandom(1 << 20)  # inside chunk 3
         image.write_bytes(data)
@@ -93,6 +97,7 @@ def test_every_server_pulls_each_version_and_a_new_one_moves_its_changed_chunk(t
             pulled = _pulled(servers[name], 2)
             assert pulled["fetched_bytes"] == CHUNK, pulled  # the changed chunk, and nothing else
             assert pulled["reused_bytes"] == SIZE - CHUNK
+        assert {r["fetched_bytes"] for n, r in _replicas(envs["pvs1"], 2).items() if n != "pvs1"} == {CHUNK}
         for server in servers.values():
             assert "Traceback" not in server.log_text()
 
@@ -121,6 +126,8 @@ def test_a_pull_resumes_after_its_own_crash_and_finishes_from_another_peer_when_
         first = stack.enter_context(serve(envs["pvs3"], "pvs3", HOSTS["pvs3"], tmp_path))
         wait_for(lambda: any(folder.glob(".v1.img.*.progress")), timeout=30)
         assert _replicas(envs["pvs1"], 1)["pvs3"]["state"] == "copying"  # logins go elsewhere meanwhile
+        wait_for(lambda: "copying " in pvsd(envs["pvs1"], "vdisk", "replicas", "lab").stdout, timeout=10)
+        assert pvsd(envs["pvs1"], "vdisk", "sync", "lab").returncode == 1  # not everywhere yet
         first.signal(signal.SIGKILL)
         first.wait()
         assert not (folder / "v1.img").exists()  # nothing half-written is ever the image
