@@ -9,7 +9,7 @@ PVSD   := $(BIN)/pvsd
 # Debian packages the tests drive for real (PostgreSQL is started by the tests themselves).
 DEBIAN_PACKAGES := postgresql atftp tftp-hpa tftpd-hpa dnsmasq-base curl kea-admin qemu-system-x86 ipxe-qemu ipxe ovmf radvd iproute2 linux-image-amd64 busybox-static nasm e2fsprogs libnbd-bin qemu-utils faketime xorriso isolinux syslinux-common cpio fdisk grub-efi-amd64-bin dosfstools mtools
 
-.PHONY: test demo lint typecheck pytest debian-deps clean bench-tftp bench-dhcp bench-stream bench-target bench-login bench-netboot
+.PHONY: test demo lint typecheck pytest debian-deps clean bench-tftp bench-dhcp bench-stream bench-target bench-login bench-netboot bench-replication
 
 $(BIN)/python:
 	@scripts/install-debian-deps python-venv
@@ -65,6 +65,10 @@ bench-login: $(VENV)/.installed debian-deps
 
 # Diskless network boot against a local-disk boot of the same Linux image (QEMU under TCG, a lab
 # of namespaces): the seconds to the OS's first and last lines.
+bench-replication: $(VENV)/.installed debian-deps
+	@scripts/install-debian-deps rsync
+	$(BIN)/python bench/replication.py
+
 bench-netboot: $(VENV)/.installed debian-deps
 	$(BIN)/python bench/netboot.py
 
