@@ -19,7 +19,7 @@ from pathlib import Path
 
 from pvsd.errors import Failure
 
-__all__ = ["EFI_IMAGE_NAME", "GRUB_EFI_MODULES", "build_efi_image", "missing_efi_parts"]
+__all__ = ["EFI_IMAGE_NAME", "GRUB_EFI_MODULES", "build_efi_image", "missing_efi_parts", "run_tool"]
 
 EFI_IMAGE_NAME = "efiboot.img"
 GRUB_PLATFORM_DIR = Path("/usr/lib/grub/x86_64-efi")
@@ -53,7 +53,7 @@ def build_efi_image(work: Path, grub_cfg: str, epoch: int) -> Path:
     memdisk = work / "memdisk.tar"
     memdisk.write_bytes(_memdisk(grub_cfg, epoch))
     grub = work / "BOOTX64.EFI"
-    _run(
+    run_tool(
         [
             "grub-mkimage",
             "--format",
@@ -73,12 +73,12 @@ def build_efi_image(work: Path, grub_cfg: str, epoch: int) -> Path:
     image = work / EFI_IMAGE_NAME
     # FAT12 wants a few hundred KiB of slack over its files; whole MiB keep the size tidy.
     kib = max(2048, ((grub.stat().st_size >> 10) + 512 + 1023) // 1024 * 1024)
-    _run(
+    run_tool(
         ["mkfs.vfat", "--invariant", "-i", _FAT_SERIAL, "-n", "PVSD_EFI", "-C", str(image), str(kib)],
         environment,
     )
-    _run(["mmd", "-i", str(image), "::/EFI", "::/EFI/BOOT"], environment)
-    _run(["mcopy", "-i", str(image), str(grub), "::/EFI/BOOT/BOOTX64.EFI"], environment)
+    run_tool(["mmd", "-i", str(image), "::/EFI", "::/EFI/BOOT"], environment)
+    run_tool(["mcopy", "-i", str(image), str(grub), "::/EFI/BOOT/BOOTX64.EFI"], environment)
     return image
 
 
@@ -97,20 +97,21 @@ def _which(tool: str) -> str | None:
     return shutil.which(tool) or shutil.which(tool, path="/usr/sbin:/sbin")
 
 
-def _run(argv: list[str], environment: dict[str, str]) -> None:
+def run_tool(argv: list[str], environment: dict[str, str], timeout: float = _TOOL_TIMEOUT_S) -> None:
+    """One build tool of the media, with a timeout; Failure with the end of what it said."""
     tool = _which(argv[0])
     if tool is None:
-        raise Failure(f"cannot build the EFI boot image: {argv[0]} is missing")
+        raise Failure(f"cannot build the boot media: {argv[0]} is missing")
     try:
         done = subprocess.run(
             [tool, *argv[1:]],
             capture_output=True,
             text=True,
             env=environment,
-            timeout=_TOOL_TIMEOUT_S,
+            timeout=timeout,
             check=False,
         )
     except subprocess.TimeoutExpired:
-        raise Failure(f"{argv[0]} did not finish in {_TOOL_TIMEOUT_S} s") from None
+        raise Failure(f"{argv[0]} did not finish in {timeout:g} s") from None
     if done.returncode != 0:
         raise Failure(f"{argv[0]} failed ({done.returncode}): {(done.stderr or done.stdout).strip()[-500:]}")

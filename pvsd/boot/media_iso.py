@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -27,7 +26,7 @@ from pathlib import Path
 
 from pvsd.boot.grub import grub_media_config
 from pvsd.boot.media import MEDIA_SCRIPT_NAME, MediaNetwork, media_script, media_servers
-from pvsd.boot.media_efi import EFI_IMAGE_NAME, build_efi_image, missing_efi_parts
+from pvsd.boot.media_efi import EFI_IMAGE_NAME, build_efi_image, missing_efi_parts, run_tool
 from pvsd.config import BootstrapConfig
 from pvsd.errors import BadInput, Failure
 from pvsd.farm.records import Server
@@ -142,19 +141,7 @@ def build_media(
             str(root),
         ]
         environment = {**os.environ, "SOURCE_DATE_EPOCH": str(MEDIA_EPOCH)}
-        try:
-            done = subprocess.run(
-                command,
-                capture_output=True,
-                text=True,
-                env=environment,
-                timeout=XORRISO_TIMEOUT_S,
-                check=False,
-            )
-        except subprocess.TimeoutExpired:
-            raise Failure(f"xorriso did not finish in {XORRISO_TIMEOUT_S} s") from None
-        if done.returncode != 0:
-            raise Failure(f"xorriso failed ({done.returncode}): {done.stderr.strip()[-500:]}")
+        run_tool(command, environment, XORRISO_TIMEOUT_S)
         # Same file system as `out`'s folder, so the rename is atomic: never a half-written ISO.
         staged = out.with_name(f".{out.name}.partial")
         try:
