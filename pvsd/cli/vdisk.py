@@ -23,7 +23,17 @@ from pvsd.cli.common import (
 )
 from pvsd.config import Config
 from pvsd.errors import BadInput
-from pvsd.farm.records import AccessMode, Replica, ReplicaState, ServerHealth, VDisk, VDiskShape, WriteCache
+from pvsd.farm.records import (
+    AccessMode,
+    Replica,
+    ReplicaState,
+    ServerHealth,
+    VDisk,
+    VDiskShape,
+    VersionState,
+    WriteCache,
+)
+from pvsd.farm.versions import check_promote, revert_target
 from pvsd.names import check_name
 from pvsd.units import format_size
 from pvsd.vdisk.formats import CONVERTIBLE, convert_to_raw, probe_image
@@ -76,6 +86,21 @@ def register(commands: Commands) -> None:
     with_json(vdisk.command("list", _list, "list vDisks"))
     replicas = with_json(vdisk.command("replicas", _replicas, "which server holds which version"))
     replicas.add_argument("name", nargs="?", help="only this vDisk")
+    versions = with_json(vdisk.command("versions", _versions, "a vDisk's versions: state, sha256, servers"))
+    versions.add_argument("name")
+    promote = vdisk.command(
+        "promote",
+        _promote,
+        "move a version up: maintenance -> test -> production (at each device's next boot)",
+    )
+    promote.add_argument("name")
+    promote.add_argument("version", type=int)
+    promote.add_argument("state", choices=("test", "production"))
+    revert = vdisk.command(
+        "revert", _revert, "move a version one step back: production -> test -> maintenance"
+    )
+    revert.add_argument("name")
+    revert.add_argument("version", type=int)
     sync = vdisk.command(
         "sync", _sync, "whether every live server holds a version; --wait follows the copies"
     )
@@ -267,6 +292,66 @@ def replica_state_text(replica: Replica, size: int, health: ServerHealth | None)
         rate = f" at {format_size(int(replica.rate_bps))}/s" if replica.rate_bps else ""
         return f"copying {percent}%{rate}"
     return str(replica.state)
+
+
+def _versions(args: argparse.Namespace, config: Config) -> int:
+    store = open_farm(config)
+    vdisk = store.get_vdisk(args.name)
+    holders: dict[int, list[str]] = {}
+    for replica in store.list_replicas(args.name):
+        if replica.state is ReplicaState.VERIFIED:
+            holders.setdefault(replica.version, []).append(replica.server)
+    rows = [
+        {
+            "number": v.number,
+            "state": str(v.state),
+            "sha256": v.sha256,
+            "size": vdisk.size,
+            "created_at": v.created_at,
+            "servers": sorted(holders.get(v.number, [])),
+            "boots_diskless": v.boot is not None,
+        }
+        for v in vdisk.versions
+    ]
+    if args.json:
+        print_json(rows)
+        return 0
+    print_table(
+        ["VERSION", "STATE", "SIZE", "SHA256", "SERVERS"],
+        [
+            [
+                v.number,
+                v.state,
+                format_size(vdisk.size),
+                (v.sha256 or "-")[:16],
+                ", ".join(sorted(holders.get(v.number, []))) or "-",
+            ]
+            for v in vdisk.versions
+        ],
+        f"vDisk {args.name} has no versions",
+    )
+    return 0
+
+
+def _promote(args: argparse.Namespace, config: Config) -> int:
+    store = open_farm(config)
+    version = check_promote(store.get_vdisk(args.name), args.version, VersionState(args.state))
+    store.set_version(args.name, args.version, state=VersionState(args.state))
+    print(
+        f"{args.name} version {args.version}: {version.state} -> {args.state}; "
+        "each device takes it at its next boot (a running target keeps its version)"
+    )
+    return 0
+
+
+def _revert(args: argparse.Namespace, config: Config) -> int:
+    store = open_farm(config)
+    vdisk = store.get_vdisk(args.name)
+    back = revert_target(vdisk, args.version)
+    was = next(v.state for v in vdisk.versions if v.number == args.version)
+    store.set_version(args.name, args.version, state=back)
+    print(f"{args.name} version {args.version}: {was} -> {back}")
+    return 0
 
 
 def _sync(args: argparse.Namespace, config: Config) -> int:

@@ -43,6 +43,7 @@ PURE = {
     "pvsd.api.ranges",
     "pvsd.vdisk.chunks",
     "pvsd.vdisk.ratelimit",
+    "pvsd.farm.versions",
 }
 # Plain data and its checks: what a pure module may use of pvsd besides other pure modules.
 DATA = {"pvsd.errors", "pvsd.names", "pvsd.units", "pvsd.config", "pvsd.farm.records"}
