@@ -20,9 +20,9 @@ SIZE = 32 << 20  # 8 chunks of 4 MiB
 CHUNK = 4 << 20
 
 
-def _env(tmp_path: Path, name: str) -> dict[str, str]:
+def _env(tmp_path: Path, name: str, database: str = "") -> dict[str, str]:
     return pvsd_env(
-        f"sqlite:///{tmp_path}/farm.db",
+        database or f"sqlite:///{tmp_path}/farm.db",
         server__name=name,
         server__store=str(tmp_path / f"store-{name}"),
         api__enabled="true",
@@ -49,8 +49,11 @@ def _pulled(server: ServeProcess, version: int) -> dict[str, Any]:
     return events[0]
 
 
-def test_every_server_pulls_each_version_and_a_new_one_moves_its_changed_chunk(tmp_path: Path) -> None:
-    envs = {name: _env(tmp_path, name) for name in HOSTS}
+def test_every_server_pulls_each_version_and_a_new_one_moves_its_changed_chunk(
+    tmp_path: Path, farm_url: str
+) -> None:
+    """On SQLite and on PostgreSQL (farm_url runs it on both)."""
+    envs = {name: _env(tmp_path, name, farm_url) for name in HOSTS}
     assert pvsd(envs["pvs1"], "farm", "init", "--name", "lab").returncode == 0
     image = tmp_path / "disk.img"
     data = bytearray(os.urandom(SIZE))
