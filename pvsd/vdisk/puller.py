@@ -23,6 +23,7 @@ import contextlib
 import hashlib
 import os
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -262,7 +263,8 @@ def _number(image: Path) -> int:
 
 
 def _save(progress_file: Path, progress: ChunkProgress) -> None:
-    partial = progress_file.with_name(progress_file.name + ".part")
+    # A name of its own per save: the thread of a cancelled pull may still be saving.
+    partial = progress_file.with_name(f"{progress_file.name}.{uuid.uuid4().hex[:8]}.part")
     partial.write_bytes(progress.encode())
     partial.replace(progress_file)
 
@@ -317,6 +319,7 @@ class _Fetcher:
         self.fetched = 0
         self._resting: dict[str, float] = {}
         self._saved_at = time.monotonic()
+        self._saving = asyncio.Lock()
         self._fd = -1
 
     async def run(self, parallel: int) -> None:
@@ -334,7 +337,8 @@ class _Fetcher:
                 for worker in workers:
                     worker.cancel()
                 await asyncio.gather(*workers, return_exceptions=True)
-                await asyncio.to_thread(_save, self.progress_file, self.progress)
+                async with self._saving:
+                    await asyncio.to_thread(_save, self.progress_file, self.progress)
         finally:
             os.close(self._fd)
 
@@ -350,13 +354,18 @@ class _Fetcher:
             await asyncio.to_thread(os.pwrite, self._fd, data, self.index.span(number)[0])
             self.fetched += len(data)
             self.progress = self.progress.with_done(number)
-            if time.monotonic() - self._saved_at >= SAVE_EVERY_S:
-                self._saved_at = time.monotonic()
-                await asyncio.to_thread(_save, self.progress_file, self.progress)
-                if self.on_progress is not None:
-                    held = self.index.chunk_bytes(self.progress.done)
-                    rate = self.fetched / max(1e-3, time.monotonic() - self._started)
-                    await self.on_progress(held, self.fetched, rate)
+            if time.monotonic() - self._saved_at >= SAVE_EVERY_S and not self._saving.locked():
+                async with self._saving:
+                    await self._checkpoint()
+
+    async def _checkpoint(self) -> None:
+        """The progress bitmap to disk, and the progress to whoever follows it."""
+        self._saved_at = time.monotonic()
+        await asyncio.to_thread(_save, self.progress_file, self.progress)
+        if self.on_progress is not None:
+            held = self.index.chunk_bytes(self.progress.done)
+            rate = self.fetched / max(1e-3, time.monotonic() - self._started)
+            await self.on_progress(held, self.fetched, rate)
 
     async def _fetch(self, number: int) -> bytes:
         expected = self.index.chunks[number]
