@@ -85,6 +85,15 @@ async def served(flaky: FlakyPeer) -> AsyncIterator[str]:
         await runner.cleanup()
 
 
+async def _pull(
+    flaky: FlakyPeer, base: str, store: Path, session: aiohttp.ClientSession
+) -> puller.PullResult:
+    peers = [Peer("flaky", base)]
+    return await pull_version(
+        store, "lab", 1, flaky.index.sha256, SIZE, peers, session, structlog.get_logger()
+    )
+
+
 def test_a_flaky_peer_still_gives_the_right_image_and_nothing_early(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -105,16 +114,7 @@ async def _flaky_pull(flaky: FlakyPeer, tmp_path: Path) -> None:
 
     watcher = asyncio.create_task(watch())
     async with served(flaky) as base, aiohttp.ClientSession() as session:
-        result = await pull_version(
-            tmp_path,
-            "lab",
-            1,
-            flaky.index.sha256,
-            SIZE,
-            [Peer("flaky", base)],
-            session,
-            structlog.get_logger(),
-        )
+        result = await _pull(flaky, base, tmp_path, session)
     await asyncio.wait_for(watcher, 5)
     assert first_seen == [flaky.data]
     assert target.read_bytes() == flaky.data
@@ -138,18 +138,7 @@ async def _cut_pulls(flaky: FlakyPeer, tmp_path: Path) -> None:
     async with served(flaky) as base, aiohttp.ClientSession() as session:
 
         def pull() -> asyncio.Task[puller.PullResult]:
-            return asyncio.create_task(
-                pull_version(
-                    tmp_path,
-                    "lab",
-                    1,
-                    flaky.index.sha256,
-                    SIZE,
-                    [Peer("flaky", base)],
-                    session,
-                    structlog.get_logger(),
-                )
-            )
+            return asyncio.create_task(_pull(flaky, base, tmp_path, session))
 
         for _ in range(4):
             task = pull()
