@@ -25,7 +25,7 @@ from pvsd.config import Config
 from pvsd.errors import PvsdError
 from pvsd.farm.errors import StoreError
 from pvsd.farm.membership import Membership
-from pvsd.farm.records import AccessMode, ReplicaState, Server, ServerHealth
+from pvsd.farm.records import AccessMode, Replica, ReplicaState, Server, ServerHealth
 from pvsd.vdisk.chunk_files import bad_chunks, kept_index
 from pvsd.vdisk.chunks import ChunkIndex
 from pvsd.vdisk.image import image_path
@@ -81,14 +81,7 @@ class Replicator:
             for version in vdisk.versions:
                 if not version.sha256 or image_path(self.folder, vdisk.name, version.number).exists():
                     continue
-                peers = [
-                    _peer(servers[r.server])
-                    for r in replicas
-                    if r.vdisk == vdisk.name
-                    and r.version == version.number
-                    and r.state is ReplicaState.VERIFIED
-                    and r.server in servers
-                ]
+                peers = _holders(replicas, vdisk.name, version.number, servers)
                 if peers:
                     await self._pull(session, vdisk.name, version.number, version.sha256, vdisk.size, peers)
 
@@ -207,11 +200,7 @@ class Replicator:
     ) -> None:
         replicas = await asyncio.to_thread(self.store.list_replicas, vdisk)
         servers = self._live_peers()
-        peers = [
-            _peer(servers[r.server])
-            for r in replicas
-            if r.version == version and r.state is ReplicaState.VERIFIED and r.server in servers
-        ]
+        peers = _holders(replicas, vdisk, version, servers)
         try:
             fetched = await repair_chunks(
                 image, index, bad, peers, session, self.log, self.config.replication.parallel, self.rate
@@ -239,6 +228,18 @@ class Replicator:
             and s.health(self.config.farm.dead_after) is ServerHealth.ALIVE
             and "api" in s.ports
         }
+
+
+def _holders(replicas: list[Replica], vdisk: str, version: int, servers: dict[str, Server]) -> list[Peer]:
+    """The live peers among `servers` that hold this version verified."""
+    return [
+        _peer(servers[r.server])
+        for r in replicas
+        if r.vdisk == vdisk
+        and r.version == version
+        and r.state is ReplicaState.VERIFIED
+        and r.server in servers
+    ]
 
 
 def _peer(server: Server) -> Peer:
