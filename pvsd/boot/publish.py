@@ -39,7 +39,7 @@ from pvsd.boot.ipxe import (
 )
 from pvsd.config import Config
 from pvsd.farm.records import Device, Server, VDisk
-from pvsd.stream.admission import boot_version
+from pvsd.farm.versions import boot_version
 
 __all__ = ["BootFiles", "Publisher", "ScriptChanges"]
 

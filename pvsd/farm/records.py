@@ -155,6 +155,16 @@ class VDiskVersion:
     sha256: str | None
     created_at: float
     boot: VersionBoot | None = None
+    parent: int | None = None  # the version it was made on top of; None: a base (import, merge --base)
+    home: str | None = None  # a maintenance version's one server, whose image its writer changes
+    pending: bool = False  # not yet verified on every server that should hold it
+    promote_to: VersionState | None = None  # `vdisk promote --at`: the state it takes at promote_at
+    promote_at: float | None = None
+
+    @property
+    def imaged(self) -> bool:
+        """Whether it has an image to boot: sealed (a sha256), or a maintenance version's own."""
+        return bool(self.sha256) or self.home is not None
 
 
 @dataclass(frozen=True)
@@ -166,6 +176,10 @@ class VDisk:
     created_at: float
     versions: tuple[VDiskVersion, ...]
     cache: WriteCache = WriteCache.DEVICE
+    placement: tuple[str, ...] = ()  # the servers that should hold its versions; (): every server
+
+    def version(self, number: int) -> VDiskVersion | None:
+        return next((v for v in self.versions if v.number == number), None)
 
 
 @dataclass(frozen=True)
@@ -213,6 +227,7 @@ class Session:
     last_seen: float
     vdisk: str | None = None  # the device's vDisk now
     idle: float = 0.0  # seconds since last seen, by the database's clock, when the record was read
+    version: int | None = None  # the version its ticket names (None: opened before migration 8)
 
 
 @dataclass(frozen=True)
@@ -250,6 +265,7 @@ class FarmView:
     load: Load = field(default_factory=Load)  # the session being placed is not counted
     holders: Sequence[Session] = ()  # a private vDisk: other devices' active sessions of it (one writer)
     leaving: str | None = None  # a target coming back: the server its session was on
+    writer: Session | None = None  # a maintenance version's write lock holder, while its session is active
 
 
 @dataclass(frozen=True)

@@ -151,6 +151,30 @@ MIGRATIONS: tuple[Migration, ...] = (
             "ALTER TABLE replicas ADD COLUMN rate_bps DOUBLE PRECISION",
         ),
     ),
+    Migration(
+        8,
+        "versions as PVS has them: parents, a maintenance version's home and writer lock, "
+        "scheduled promotions, placement lists, the version each session streams",
+        (
+            "ALTER TABLE vdisk_versions ADD COLUMN parent INTEGER",
+            "ALTER TABLE vdisk_versions ADD COLUMN home TEXT",
+            "ALTER TABLE vdisk_versions ADD COLUMN promote_to TEXT",
+            "ALTER TABLE vdisk_versions ADD COLUMN promote_at {real}",
+            "ALTER TABLE vdisks ADD COLUMN placement TEXT NOT NULL DEFAULT ''",
+            # A deleted version's number is never given again: a server may still hold its file.
+            "ALTER TABLE vdisks ADD COLUMN last_version INTEGER NOT NULL DEFAULT 0",
+            "ALTER TABLE sessions ADD COLUMN version INTEGER",
+            """CREATE TABLE version_writers (
+                vdisk_id BIGINT NOT NULL,
+                number INTEGER NOT NULL,
+                device_id BIGINT NOT NULL REFERENCES devices(id) ON DELETE CASCADE,
+                session_id BIGINT NOT NULL,
+                since {real} NOT NULL,
+                PRIMARY KEY (vdisk_id, number),
+                FOREIGN KEY (vdisk_id, number)
+                    REFERENCES vdisk_versions(vdisk_id, number) ON DELETE CASCADE)""",
+        ),
+    ),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version

@@ -9,6 +9,7 @@ A lost connection raises StoreUnavailable and is reopened by the next call.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import enum
 import json
 import secrets
@@ -52,6 +53,14 @@ from pvsd.farm.records import (
     WriteCache,
 )
 from pvsd.farm.schema import LATEST_VERSION, MIGRATIONS
+from pvsd.farm.versions import (
+    boot_version,
+    check_promote,
+    merge_source,
+    pending_versions,
+    revert_target,
+    writes_version,
+)
 from pvsd.names import check_name
 from pvsd.net.mac import parse_mac
 
@@ -80,7 +89,8 @@ _SERVER_SELECT = """
     FROM servers sv LEFT JOIN sites si ON si.id = sv.site_id"""
 
 _SESSION_SELECT = """
-    SELECT se.id, d.mac, d.name, sv.name, se.io_port, se.since, se.last_seen, v.name, {now} - se.last_seen
+    SELECT se.id, d.mac, d.name, sv.name, se.io_port, se.since, se.last_seen, v.name, {now} - se.last_seen,
+           se.version
     FROM sessions se JOIN devices d ON d.id = se.device_id JOIN servers sv ON sv.id = se.server_id
     LEFT JOIN vdisks v ON v.id = d.vdisk_id"""
 
@@ -587,13 +597,21 @@ class FarmStore:
         where, params = ("WHERE v.name = ?", (only,)) if only else ("", ())
         disks = self._all(
             cursor,
-            f"""SELECT v.name, v.size, v.sector_size, v.mode, v.created_at, v.cache
+            f"""SELECT v.name, v.size, v.sector_size, v.mode, v.created_at, v.cache, v.placement
                 FROM vdisks v {where} ORDER BY v.name""",
             params,
         )
         versions = self._all(
             cursor,
-            f"""SELECT v.name, vv.number, vv.state, vv.sha256, vv.created_at
+            # A scheduled promotion (`vdisk promote --at`) is in force from its time on, read so.
+            f"""SELECT v.name, vv.number,
+                       CASE WHEN vv.promote_at IS NOT NULL AND vv.promote_at <= {{now}}
+                            THEN vv.promote_to ELSE vv.state END,
+                       vv.sha256, vv.created_at, vv.parent, vv.home,
+                       CASE WHEN vv.promote_at IS NOT NULL AND vv.promote_at <= {{now}}
+                            THEN NULL ELSE vv.promote_to END,
+                       CASE WHEN vv.promote_at IS NOT NULL AND vv.promote_at <= {{now}}
+                            THEN NULL ELSE vv.promote_at END
                 FROM vdisk_versions vv JOIN vdisks v ON v.id = vv.vdisk_id {where}
                 ORDER BY v.name, vv.number""",
             params,
@@ -628,9 +646,13 @@ class FarmStore:
                     sha256=row[3],
                     created_at=row[4],
                     boot=boots.get((row[0], row[1])),
+                    parent=None if row[5] is None else int(row[5]),
+                    home=row[6],
+                    promote_to=None if row[7] is None else VersionState(row[7]),
+                    promote_at=row[8],
                 )
             )
-        return [
+        vdisks = [
             VDisk(
                 name=row[0],
                 size=int(row[1]),
@@ -639,9 +661,15 @@ class FarmStore:
                 created_at=row[4],
                 versions=tuple(by_disk.get(row[0], ())),
                 cache=WriteCache(row[5]),
+                placement=tuple(name for name in str(row[6]).split(",") if name),
             )
             for row in disks
         ]
+        if not vdisks:
+            return vdisks
+        servers = self._servers_in(cursor)
+        replicas = self._replicas_in(cursor, only)
+        return [_with_pending(vdisk, pending_versions(vdisk, servers, replicas)) for vdisk in vdisks]
 
     def remove_vdisk(self, name: str, active_within: float = 0.0, force: bool = False) -> int:
         """Remove a vDisk no device is assigned. One that targets stream (sessions seen within
@@ -691,14 +719,7 @@ class FarmStore:
     def _add_version_in(
         self, cursor: Cursor, vdisk_id: int, vdisk: str, state: VersionState, sha256: str | None
     ) -> int:
-        highest = self._one(cursor, "SELECT MAX(number) FROM vdisk_versions WHERE vdisk_id = ?", (vdisk_id,))
-        number = int(highest[0]) + 1
-        self._exec(
-            cursor,
-            "INSERT INTO vdisk_versions (vdisk_id, number, state, sha256, created_at) "
-            "VALUES (?, ?, ?, ?, {now})",
-            (vdisk_id, number, state, sha256),
-        )
+        number = self._insert_version_in(cursor, vdisk_id, vdisk, state, sha256, None, None)
         self._audit(cursor, "vdisk.version.add", f"{vdisk}.{number}", state=state, sha256=sha256)
         return number
 
@@ -732,6 +753,354 @@ class FarmStore:
 
         self._run(True, work)
         return next(v for v in self.get_vdisk(vdisk).versions if v.number == number)
+
+    # -- the version lifecycle (pvsd/farm/versions.py has the rules) ------------------------------
+
+    def _vdisk_in(self, cursor: Cursor, name: str) -> tuple[int, VDisk]:
+        vdisk_id = self._id(cursor, "vdisks", "name", name, "vDisk")
+        return vdisk_id, self._vdisks_in(cursor, name)[0]
+
+    def _active_users_in(self, cursor: Cursor, vdisk: str, number: int, active_within: float) -> list[str]:
+        """The devices whose active session streams this version (its ticket names it)."""
+        rows = self._all(
+            cursor,
+            """SELECT d.name FROM sessions se JOIN devices d ON d.id = se.device_id
+               WHERE se.vdisk = ? AND se.version = ? AND {now} - se.last_seen <= ? ORDER BY d.name""",
+            (vdisk, number, active_within),
+        )
+        return [str(row[0]) for row in rows]
+
+    def _writer_in(self, cursor: Cursor, vdisk: str, number: int, active_within: float) -> Session | None:
+        """The maintenance device writing this version, while its session is active."""
+        row = self._one(
+            cursor,
+            _SESSION_SELECT
+            + """ JOIN version_writers w ON w.session_id = se.id AND w.device_id = se.device_id
+                  JOIN vdisks vd ON vd.id = w.vdisk_id
+                  WHERE vd.name = ? AND w.number = ? AND {now} - se.last_seen <= ?""",
+            (vdisk, number, active_within),
+        )
+        return None if row is None else Session(*row)
+
+    def _take_writer_in(self, cursor: Cursor, vdisk: str, number: int, mac: str, session: int) -> None:
+        vdisk_id = self._id(cursor, "vdisks", "name", vdisk, "vDisk")
+        device_id = self._id(cursor, "devices", "mac", mac, "device")
+        self._exec(
+            cursor, "DELETE FROM version_writers WHERE vdisk_id = ? AND number = ?", (vdisk_id, number)
+        )
+        self._exec(
+            cursor,
+            "INSERT INTO version_writers (vdisk_id, number, device_id, session_id, since) "
+            "VALUES (?, ?, ?, ?, {now})",
+            (vdisk_id, number, device_id, session),
+        )
+        self._audit(cursor, "vdisk.version.lock", f"{vdisk}.{number}", device=mac, session=session)
+
+    def writer(self, vdisk: str, number: int, active_within: float) -> Session | None:
+        return self._run(False, lambda cursor: self._writer_in(cursor, vdisk, number, active_within))
+
+    def _copy_boot_in(self, cursor: Cursor, vdisk_id: int, source: int, number: int) -> None:
+        self._exec(
+            cursor,
+            """INSERT INTO version_boot (vdisk_id, number, kernel, kernel_version, kernel_sha256, initrd,
+                   initrd_sha256, cmdline, root_offset, kernel_size, initrd_size)
+               SELECT vdisk_id, ?, kernel, kernel_version, kernel_sha256, initrd, initrd_sha256, cmdline,
+                   root_offset, kernel_size, initrd_size
+               FROM version_boot WHERE vdisk_id = ? AND number = ?""",
+            (number, vdisk_id, source),
+        )
+
+    def _insert_version_in(
+        self,
+        cursor: Cursor,
+        vdisk_id: int,
+        vdisk: str,
+        state: VersionState,
+        sha256: str | None,
+        parent: int | None,
+        home: str | None,
+    ) -> int:
+        highest = self._one(
+            cursor,
+            "SELECT MAX(vv.number), MAX(v.last_version) FROM vdisk_versions vv "
+            "JOIN vdisks v ON v.id = vv.vdisk_id WHERE vv.vdisk_id = ?",
+            (vdisk_id,),
+        )
+        number = max(int(highest[0] or 0), int(highest[1] or 0)) + 1
+        self._exec(cursor, "UPDATE vdisks SET last_version = ? WHERE id = ?", (number, vdisk_id))
+        self._exec(
+            cursor,
+            "INSERT INTO vdisk_versions (vdisk_id, number, state, sha256, created_at, parent, home) "
+            "VALUES (?, ?, ?, ?, {now}, ?, ?)",
+            (vdisk_id, number, state, sha256, parent, home),
+        )
+        return number
+
+    def new_version(self, vdisk: str, server: str, place: Callable[[int, int], None]) -> VDiskVersion:
+        """A maintenance version on top of the newest: recorded with `server` as its home (its one
+        holder, whose image the maintenance device writes) and the parent's boot files.
+        `place(parent, number)` makes its image from the parent's before the transaction commits."""
+
+        def work(cursor: Cursor) -> int:
+            vdisk_id, record = self._vdisk_in(cursor, vdisk)
+            if record.mode is AccessMode.PRIVATE:
+                raise BadInput(
+                    f"vDisk {vdisk!r} is private: its one device writes the image itself, so it has no "
+                    "maintenance versions (versions are for standard-mode vDisks)"
+                )
+            busy = [v for v in record.versions if v.state is VersionState.MAINTENANCE and v.imaged]
+            if busy:
+                raise Conflict(
+                    f"{vdisk} version {busy[0].number} is in maintenance already: promote it "
+                    f"(pvsd vdisk promote {vdisk} {busy[0].number} test) or delete it first"
+                )
+            sealed = [v for v in record.versions if v.sha256]
+            if not sealed:
+                raise BadInput(f"vDisk {vdisk!r} has no image to build on: import one first")
+            parent = max(sealed, key=lambda v: v.number)
+            number = self._insert_version_in(
+                cursor, vdisk_id, vdisk, VersionState.MAINTENANCE, None, parent.number, server
+            )
+            self._copy_boot_in(cursor, vdisk_id, parent.number, number)
+            self._report_replica_in(cursor, server, vdisk_id, vdisk, number, None, ReplicaState.VERIFIED)
+            self._audit(cursor, "vdisk.version.new", f"{vdisk}.{number}", parent=parent.number, home=server)
+            place(parent.number, number)
+            return number
+
+        number = self._run(True, work)
+        return next(v for v in self.get_vdisk(vdisk).versions if v.number == number)
+
+    def seal_version(
+        self,
+        vdisk: str,
+        number: int,
+        sha256: str,
+        state: VersionState,
+        active_within: float,
+        boot: VersionBoot | Unset | None = UNSET,
+    ) -> VDiskVersion:
+        """Promote a maintenance version out of maintenance: its image, hashed by its home, is now
+        fixed and copied to the other servers. Refused while its maintenance device is writing."""
+        state = VersionState(state)
+
+        def work(cursor: Cursor) -> None:
+            vdisk_id, record = self._vdisk_in(cursor, vdisk)
+            version = record.version(number)
+            if version is None or version.home is None:
+                raise BadInput(f"{vdisk} version {number} is not a maintenance version with an image")
+            writer = self._writer_in(cursor, vdisk, number, active_within)
+            if writer is not None:
+                raise Conflict(
+                    f"{vdisk} version {number} is being written by {writer.device} on {writer.server}: "
+                    "shut that device down first (its writes would be lost)"
+                )
+            self._exec(
+                cursor,
+                "UPDATE vdisk_versions SET state = ?, sha256 = ?, home = NULL, promote_to = NULL, "
+                "promote_at = NULL WHERE vdisk_id = ? AND number = ?",
+                (state, sha256, vdisk_id, number),
+            )
+            self._exec(
+                cursor, "DELETE FROM version_writers WHERE vdisk_id = ? AND number = ?", (vdisk_id, number)
+            )
+            self._exec(
+                cursor,
+                "DELETE FROM replicas WHERE vdisk_id = ? AND number = ? AND server_id <> "
+                "(SELECT id FROM servers WHERE name = ?)",
+                (vdisk_id, number, version.home),
+            )
+            if not isinstance(boot, Unset):
+                self._exec(
+                    cursor, "DELETE FROM version_boot WHERE vdisk_id = ? AND number = ?", (vdisk_id, number)
+                )
+                if boot is not None:
+                    self._set_boot_in(cursor, vdisk_id, vdisk, number, boot)
+            self._report_replica_in(
+                cursor, version.home, vdisk_id, vdisk, number, sha256, ReplicaState.VERIFIED
+            )
+            self._audit(cursor, "vdisk.promote", f"{vdisk}.{number}", state=state, sha256=sha256)
+
+        self._run(True, work)
+        return next(v for v in self.get_vdisk(vdisk).versions if v.number == number)
+
+    def promote(self, vdisk: str, number: int, state: VersionState, at: float | None = None) -> VDiskVersion:
+        """Move a sealed version up now, or at `at` (seconds since the epoch, the database's clock)."""
+        state = VersionState(state)
+
+        def work(cursor: Cursor) -> None:
+            vdisk_id, record = self._vdisk_in(cursor, vdisk)
+            version = check_promote(record, number, state)
+            if version.home is not None:
+                raise BadInput(
+                    f"{vdisk} version {number} is in maintenance: promote it where its image is "
+                    f"({version.home})"
+                )
+            if at is None:
+                self._exec(
+                    cursor,
+                    "UPDATE vdisk_versions SET state = ?, promote_to = NULL, promote_at = NULL "
+                    "WHERE vdisk_id = ? AND number = ?",
+                    (state, vdisk_id, number),
+                )
+                self._audit(cursor, "vdisk.promote", f"{vdisk}.{number}", state=state)
+                return
+            self._exec(
+                cursor,
+                "UPDATE vdisk_versions SET promote_to = ?, promote_at = ? WHERE vdisk_id = ? AND number = ?",
+                (state, at, vdisk_id, number),
+            )
+            self._audit(cursor, "vdisk.promote.schedule", f"{vdisk}.{number}", state=state, at=at)
+
+        self._run(True, work)
+        return next(v for v in self.get_vdisk(vdisk).versions if v.number == number)
+
+    def revert(self, vdisk: str, number: int, server: str, active_within: float) -> VDiskVersion:
+        """One step back. Back to maintenance the version becomes writable again on `server`, which
+        must hold it verified; the other servers' copies are dropped (they would be stale)."""
+
+        def work(cursor: Cursor) -> None:
+            vdisk_id, record = self._vdisk_in(cursor, vdisk)
+            back = revert_target(record, number)
+            if back is not VersionState.MAINTENANCE:
+                self._exec(
+                    cursor,
+                    "UPDATE vdisk_versions SET state = ?, promote_to = NULL, promote_at = NULL "
+                    "WHERE vdisk_id = ? AND number = ?",
+                    (back, vdisk_id, number),
+                )
+                self._audit(cursor, "vdisk.revert", f"{vdisk}.{number}", state=back)
+                return
+            busy = [v for v in record.versions if v.state is VersionState.MAINTENANCE and v.imaged]
+            if busy:
+                raise Conflict(f"{vdisk} version {busy[0].number} is in maintenance already: one at a time")
+            users = self._active_users_in(cursor, vdisk, number, active_within)
+            if users:
+                raise Conflict(
+                    f"{vdisk} version {number} is streamed by {', '.join(users)}: stop them first, "
+                    "or their disk would change under them"
+                )
+            version = record.version(number)
+            holders = {
+                r.server
+                for r in self._replicas_in(cursor, vdisk)
+                if r.version == number
+                and r.state is ReplicaState.VERIFIED
+                and version
+                and r.sha256 == version.sha256
+            }
+            if server not in holders:
+                where = ", ".join(sorted(holders)) or "no server"
+                raise BadInput(
+                    f"{vdisk} version {number} goes back to maintenance on the server that runs the "
+                    f"command, and {server} holds no verified copy (held by {where})"
+                )
+            self._exec(
+                cursor,
+                "UPDATE vdisk_versions SET state = ?, sha256 = NULL, home = ?, promote_to = NULL, "
+                "promote_at = NULL WHERE vdisk_id = ? AND number = ?",
+                (VersionState.MAINTENANCE, server, vdisk_id, number),
+            )
+            self._exec(cursor, "DELETE FROM replicas WHERE vdisk_id = ? AND number = ?", (vdisk_id, number))
+            self._report_replica_in(cursor, server, vdisk_id, vdisk, number, None, ReplicaState.VERIFIED)
+            self._audit(cursor, "vdisk.revert", f"{vdisk}.{number}", state=back, home=server)
+
+        self._run(True, work)
+        return next(v for v in self.get_vdisk(vdisk).versions if v.number == number)
+
+    def merge_version(
+        self,
+        vdisk: str,
+        base: bool,
+        state: VersionState,
+        server: str,
+        active_within: float,
+        place: Callable[[int, int], None],
+    ) -> VDiskVersion:
+        """A merged version: the newest sealed version's content as a new version whose parent is
+        the base it is on (`base`: none, a new base). `place(source, number)` makes its image."""
+        state = VersionState(state)
+
+        def work(cursor: Cursor) -> int:
+            vdisk_id, record = self._vdisk_in(cursor, vdisk)
+            for version in record.versions:
+                writer = self._writer_in(cursor, vdisk, version.number, active_within)
+                if writer is not None:
+                    raise Conflict(
+                        f"{vdisk} version {version.number} is being written by {writer.device} on "
+                        f"{writer.server}: merge once it is shut down and the version promoted"
+                    )
+            source = merge_source(record)
+            root: VDiskVersion | None = source
+            seen = set()
+            while root is not None and root.parent is not None and root.number not in seen:
+                seen.add(root.number)
+                root = record.version(root.parent) or None
+            parent = None if base or root is None else root.number
+            number = self._insert_version_in(cursor, vdisk_id, vdisk, state, source.sha256, parent, None)
+            self._copy_boot_in(cursor, vdisk_id, source.number, number)
+            self._report_replica_in(
+                cursor, server, vdisk_id, vdisk, number, source.sha256, ReplicaState.VERIFIED
+            )
+            self._audit(
+                cursor, "vdisk.merge", f"{vdisk}.{number}", source=source.number, base=base, state=state
+            )
+            place(source.number, number)
+            return number
+
+        number = self._run(True, work)
+        return next(v for v in self.get_vdisk(vdisk).versions if v.number == number)
+
+    def delete_version(self, vdisk: str, number: int, active_within: float) -> None:
+        """Forget a version no device boots and no session streams. Each server then removes its
+        copy (pvsd/vdisk/replicator.py), once no session of its own uses it."""
+
+        def work(cursor: Cursor) -> None:
+            vdisk_id, record = self._vdisk_in(cursor, vdisk)
+            version = record.version(number)
+            if version is None:
+                known = ", ".join(str(v.number) for v in record.versions) or "none"
+                raise NotFound(f"vDisk {vdisk!r} has no version {number} (it has: {known})")
+            devices = [
+                _device(row) for row in self._all(cursor, _DEVICE_SELECT + " WHERE v.name = ?", (vdisk,))
+            ]
+            booting = sorted(
+                d.name
+                for d in devices
+                if (chosen := boot_version(record, d.type)) and chosen.number == number
+            )
+            if booting:
+                raise Conflict(
+                    f"{vdisk} version {number} is what {', '.join(booting)} boot(s): promote another "
+                    "version or revert this one first"
+                )
+            users = self._active_users_in(cursor, vdisk, number, active_within)
+            if users:
+                raise Conflict(f"{vdisk} version {number} is streamed by {', '.join(users)} now")
+            self._exec(
+                cursor,
+                "UPDATE vdisk_versions SET parent = ? WHERE vdisk_id = ? AND parent = ?",
+                (version.parent, vdisk_id, number),
+            )
+            self._exec(
+                cursor, "DELETE FROM vdisk_versions WHERE vdisk_id = ? AND number = ?", (vdisk_id, number)
+            )
+            self._audit(cursor, "vdisk.version.delete", f"{vdisk}.{number}", sha256=version.sha256)
+
+        self._run(True, work)
+
+    def set_placement(self, vdisk: str, servers: Sequence[str]) -> VDisk:
+        """Which servers should hold the vDisk's versions: these, or with () every server."""
+
+        def work(cursor: Cursor) -> None:
+            vdisk_id = self._id(cursor, "vdisks", "name", vdisk, "vDisk")
+            for server in servers:
+                self._id(cursor, "servers", "name", server, "server")
+            placement = ",".join(sorted(set(servers)))
+            self._exec(cursor, "UPDATE vdisks SET placement = ? WHERE id = ?", (placement, vdisk_id))
+            self._audit(cursor, "vdisk.placement", vdisk, servers=placement or "every server")
+
+        self._run(True, work)
+        return self.get_vdisk(vdisk)
 
     # -- replicas -----------------------------------------------------------------------------------
 
@@ -942,12 +1311,14 @@ class FarmStore:
 
     # -- sessions -----------------------------------------------------------------------------------
 
-    def open_session(self, mac: str, server: str, io_port: int) -> Session:
+    def open_session(self, mac: str, server: str, io_port: int, version: int | None = None) -> Session:
         """Record a target's session on a server, replacing any earlier session of that device."""
         mac = parse_mac(mac)
-        return self._run(True, lambda cursor: self._open_session_in(cursor, mac, server, io_port))
+        return self._run(True, lambda cursor: self._open_session_in(cursor, mac, server, io_port, version))
 
-    def _open_session_in(self, cursor: Cursor, mac: str, server: str, io_port: int) -> Session:
+    def _open_session_in(
+        self, cursor: Cursor, mac: str, server: str, io_port: int, version: int | None = None
+    ) -> Session:
         # One statement for what three would find: a login's transaction is on the hot path of a boot storm.
         row = self._one(
             cursor,
@@ -963,12 +1334,12 @@ class FarmStore:
         self._exec(cursor, "DELETE FROM sessions WHERE device_id = ?", (device_id,))
         session_id, since = self._one(
             cursor,
-            "INSERT INTO sessions (device_id, server_id, io_port, since, last_seen, vdisk) "
-            "VALUES (?, ?, ?, {now}, {now}, ?) RETURNING id, since",
-            (device_id, server_id, io_port, vdisk),
+            "INSERT INTO sessions (device_id, server_id, io_port, since, last_seen, vdisk, version) "
+            "VALUES (?, ?, ?, {now}, {now}, ?, ?) RETURNING id, since",
+            (device_id, server_id, io_port, vdisk, version),
         )
         self._audit(cursor, "session.open", mac, server=server, io_port=io_port, session=int(session_id))
-        return Session(int(session_id), mac, device_name, server, io_port, since, since, vdisk, 0.0)
+        return Session(int(session_id), mac, device_name, server, io_port, since, since, vdisk, 0.0, version)
 
     # -- logins -------------------------------------------------------------------------------------
 
@@ -1010,8 +1381,20 @@ class FarmStore:
                     else []
                 ),
             )
+            writing = None
+            if device is not None and vdisk is not None:
+                writing = writes_version(vdisk, device.type)
+                if writing is not None:
+                    view = dataclasses.replace(
+                        view, writer=self._writer_in(cursor, vdisk.name, writing.number, active_within)
+                    )
             plan = choose(view)
-            session = None if plan is None else self._open_session_in(cursor, mac, *plan)
+            session = None
+            if plan is not None and device is not None:
+                chosen = boot_version(vdisk, device.type) if vdisk is not None else None
+                session = self._open_session_in(cursor, mac, *plan, chosen.number if chosen else None)
+                if writing is not None:
+                    self._take_writer_in(cursor, vdisk.name if vdisk else "", writing.number, mac, session.id)
             return FreshLogin(view, session, added, template_found)
 
         return self._run(True, work)
@@ -1071,7 +1454,13 @@ class FarmStore:
         return [Session(*row) for row in rows]
 
     def resume_session(
-        self, session_id: int, mac: str, server: str, io_port: int, vdisk: str | None = None
+        self,
+        session_id: int,
+        mac: str,
+        server: str,
+        io_port: int,
+        vdisk: str | None = None,
+        version: int | None = None,
     ) -> Session:
         """A target that logged in again with its ticket keeps its session id on its new server."""
         mac = parse_mac(mac)
@@ -1088,9 +1477,9 @@ class FarmStore:
                     return
                 self._exec(
                     cursor,
-                    "UPDATE sessions SET server_id = ?, io_port = ?, vdisk = ?, last_seen = {now} "
-                    "WHERE id = ?",
-                    (server_id, io_port, vdisk, session_id),
+                    "UPDATE sessions SET server_id = ?, io_port = ?, vdisk = ?, version = ?, "
+                    "last_seen = {now} WHERE id = ?",
+                    (server_id, io_port, vdisk, version, session_id),
                 )
             else:
                 self._exec(
@@ -1098,9 +1487,9 @@ class FarmStore:
                 )
                 self._exec(
                     cursor,
-                    "INSERT INTO sessions (id, device_id, server_id, io_port, since, last_seen, vdisk) "
-                    "VALUES (?, ?, ?, ?, {now}, {now}, ?)",
-                    (session_id, device_id, server_id, io_port, vdisk),
+                    "INSERT INTO sessions (id, device_id, server_id, io_port, since, last_seen, vdisk, "
+                    "version) VALUES (?, ?, ?, ?, {now}, {now}, ?, ?)",
+                    (session_id, device_id, server_id, io_port, vdisk, version),
                 )
             self._audit(cursor, "session.move", mac, server=server, io_port=io_port, session=session_id)
 
@@ -1171,6 +1560,13 @@ class FarmStore:
             ),
         )
         return [AuditEntry(*row) for row in rows]
+
+
+def _with_pending(vdisk: VDisk, pending: set[int]) -> VDisk:
+    if not pending:
+        return vdisk
+    versions = tuple(dataclasses.replace(v, pending=v.number in pending) for v in vdisk.versions)
+    return dataclasses.replace(vdisk, versions=versions)
 
 
 def _check_vdisk(name: str, size: int, sector_size: int) -> None:

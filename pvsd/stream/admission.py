@@ -2,10 +2,10 @@
 
 A fresh login (no ticket) is decided from the farm's records, read by the farm store in the
 same transaction that then records the session; every way it can fail is a StreamRefusal
-with its own code. Which version a device boots follows its type, as in PVS: production
-devices the newest production version, test devices the newest test or production one,
-maintenance devices the newest of all. Versions without an image (no hash yet, like the empty
-version 0 of `vdisk create`) are never chosen.
+with its own code. Which version a device boots follows its type, as in PVS (pvsd/farm/versions.py
+boot_version). A maintenance device booting a maintenance version writes to the version's image
+itself, as a private vDisk does, on the version's one server; the farm store holds the write
+lock (one writer per version), and a second maintenance device is refused MAINTENANCE_IN_USE.
 
 A target coming back with its ticket keeps the version the ticket names; it is placed like a
 new one, on the least loaded live server holding a verified replica of that version, never
@@ -19,25 +19,18 @@ from dataclasses import dataclass
 
 from pvsd.farm.records import (
     AccessMode,
-    DeviceType,
     FarmView,
     ServerHealth,
     VDisk,
     VDiskVersion,
-    VersionState,
     WriteCache,
 )
+from pvsd.farm.versions import boot_version, writes_version
 from pvsd.stream.placement import Affinity, Placement, place, verified_holders
 from pvsd.stream.ticket import CacheType
 from pvsd.stream.wire import ErrorCode, StreamRefusal
 
 __all__ = ["Grant", "boot_version", "cache_type", "decide_login", "place_resumed"]
-
-_ALLOWED: dict[DeviceType, tuple[VersionState, ...]] = {
-    DeviceType.PRODUCTION: (VersionState.PRODUCTION,),
-    DeviceType.TEST: (VersionState.TEST, VersionState.PRODUCTION),
-    DeviceType.MAINTENANCE: (VersionState.MAINTENANCE, VersionState.TEST, VersionState.PRODUCTION),
-}
 
 
 @dataclass(frozen=True)
@@ -47,12 +40,6 @@ class Grant:
     version: VDiskVersion
     private: bool
     cache: CacheType
-
-
-def boot_version(vdisk: VDisk, device_type: DeviceType) -> VDiskVersion | None:
-    allowed = _ALLOWED[device_type]
-    usable = [v for v in vdisk.versions if v.state in allowed and v.sha256]
-    return max(usable, key=lambda v: v.number, default=None)
 
 
 def cache_type(vdisk: VDisk) -> CacheType:
@@ -87,8 +74,15 @@ def decide_login(
             f"vDisk {vdisk.name} has no imaged version a {device.type} device may boot "
             f"(import one with pvsd vdisk import)",
         )
+    alive = {s.name for s in view.servers if s.health(dead_after) is ServerHealth.ALIVE}
+    writing = writes_version(vdisk, device.type) is not None
+    if writing and view.writer is not None and view.writer.mac != device.mac and view.writer.server in alive:
+        raise StreamRefusal(
+            ErrorCode.MAINTENANCE_IN_USE,
+            f"{vdisk.name} version {version.number} is in maintenance by {view.writer.device} on "
+            f"{view.writer.server}: one maintenance device at a time",
+        )
     if vdisk.mode is AccessMode.PRIVATE:
-        alive = {s.name for s in view.servers if s.health(dead_after) is ServerHealth.ALIVE}
         holders = [s for s in view.holders if s.mac != device.mac and s.server in alive]
         if holders:
             raise StreamRefusal(
@@ -114,8 +108,8 @@ def decide_login(
         placement=placement,
         vdisk=vdisk,
         version=version,
-        private=vdisk.mode is AccessMode.PRIVATE,
-        cache=cache_type(vdisk),
+        private=vdisk.mode is AccessMode.PRIVATE or writing,
+        cache=CacheType.NONE if writing else cache_type(vdisk),
     )
 
 

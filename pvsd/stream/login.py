@@ -447,7 +447,13 @@ class LoginServer:
     ) -> None:
         try:
             await asyncio.to_thread(
-                self.store.resume_session, claims.session, claims.mac, server, port, claims.vdisk
+                self.store.resume_session,
+                claims.session,
+                claims.mac,
+                server,
+                port,
+                claims.vdisk,
+                claims.version,
             )
         except StoreError as error:
             log.warning(

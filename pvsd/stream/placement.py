@@ -102,14 +102,14 @@ def pick_port(server: Server, load: Load) -> int | None:
 
 def verified_holders(replicas: Iterable[Replica], vdisk: str, version: int, sha256: str | None) -> set[str]:
     """The servers whose replica of this version is verified against the version's own hash: a
-    replica verified against an older image of the same number never counts."""
+    replica verified against an older image of the same number never counts. A maintenance
+    version has no hash yet: its one holder is its home, recorded verified without one."""
     return {
         r.server
         for r in replicas
         if r.vdisk == vdisk
         and r.version == version
         and r.state is ReplicaState.VERIFIED
-        and sha256 is not None
         and r.sha256 == sha256
     }
 

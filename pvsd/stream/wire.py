@@ -86,6 +86,7 @@ class ErrorCode(enum.IntEnum):
     PRIVATE_IN_USE = 14
     DATABASE_UNAVAILABLE = 15
     VDISK_REMOVED = 16  # a returning target's vDisk version is no longer in the farm
+    MAINTENANCE_IN_USE = 17  # another maintenance device holds the version's write lock
     TICKET_MALFORMED = 20
     TICKET_WRONG_FARM = 21
     TICKET_TAMPERED = 22
