@@ -84,9 +84,12 @@ async def pull_version(
     if not peers:
         raise Failure(f"no peer holds {vdisk} version {version}")
     target = image_path(store, vdisk, version)
-    index, source = await fetch_index(session, peers, vdisk, version, sha256, size)
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_name(f".{target.name}.partial")
+    # There before the index is asked for (a peer may take a second to make it): the replica scan
+    # leaves a copying replica alone while its partial file exists.
+    partial.touch(exist_ok=True)
+    index, source = await fetch_index(session, peers, vdisk, version, sha256, size)
     progress_file = target.with_name(f".{target.name}.{sha256[:16]}.progress")
     progress = await asyncio.to_thread(_resume, partial, progress_file, index)
     resumed = len(progress.done)

@@ -7,8 +7,15 @@ the servers that hold it (placement needs `verified`); once the image is in plac
 sha256 checked, the replica is reported verified. A pull that fails is logged
 once per version and cause, and tried again at the next look, resuming what it holds.
 
-Private-mode images are the live disk of one device and are not copied. Servers that share one
-store folder see each other's images in place and pull nothing.
+Private-mode images are the live disk of one device and are not copied, nor is a maintenance
+version (it changes until it is promoted, on its one home server). Servers that share one store
+folder see each other's images in place and pull nothing. A server left out of a vDisk's
+placement list (`pvsd vdisk placement`) pulls none of its versions.
+
+Each look also tidies the store: the files of a version the farm no longer has (`vdisk version
+delete`) are removed once no session on this server streams it; an image whose sidecar names
+another hash than the version's (a version sealed again since) is removed and pulled anew,
+reusing what other local versions hold.
 """
 
 from __future__ import annotations
@@ -25,12 +32,13 @@ from pvsd.config import Config
 from pvsd.errors import PvsdError
 from pvsd.farm.errors import StoreError
 from pvsd.farm.membership import Membership
-from pvsd.farm.records import AccessMode, Replica, ReplicaState, Server, ServerHealth
+from pvsd.farm.records import AccessMode, Replica, ReplicaState, Server, ServerHealth, VDisk
 from pvsd.vdisk.chunk_files import bad_chunks, kept_index
 from pvsd.vdisk.chunks import ChunkIndex
-from pvsd.vdisk.image import image_path
+from pvsd.vdisk.image import image_path, read_sidecar
 from pvsd.vdisk.puller import Peer, pull_version, repair_chunks
 from pvsd.vdisk.ratelimit import RateLimit
+from pvsd.vdisk.version_files import remove_version_files
 
 __all__ = ["Replicator"]
 
@@ -75,15 +83,57 @@ class Replicator:
         vdisks = await asyncio.to_thread(self.store.list_vdisks)
         replicas = await asyncio.to_thread(self.store.list_replicas)
         servers = self._live_peers()
+        this = self.config.server.name
+        await self._tidy(vdisks)
         for vdisk in vdisks:
-            if vdisk.mode is not AccessMode.STANDARD:
+            if vdisk.mode is not AccessMode.STANDARD or (vdisk.placement and this not in vdisk.placement):
                 continue
             for version in vdisk.versions:
-                if not version.sha256 or image_path(self.folder, vdisk.name, version.number).exists():
+                image = image_path(self.folder, vdisk.name, version.number)
+                if not version.sha256:
                     continue
+                if image.exists():
+                    sidecar = read_sidecar(image)
+                    if sidecar is None or sidecar.sha256 == version.sha256:
+                        continue
+                    self.log.warning(
+                        "replica holds another image than the version's: pulled anew",
+                        vdisk=vdisk.name,
+                        version=version.number,
+                        path=str(image),
+                    )
+                    await asyncio.to_thread(remove_version_files, self.folder, vdisk.name, version.number)
                 peers = _holders(replicas, vdisk.name, version.number, servers)
                 if peers:
                     await self._pull(session, vdisk.name, version.number, version.sha256, vdisk.size, peers)
+
+    async def _tidy(self, vdisks: list[VDisk]) -> None:
+        """Remove the files of versions this server should no longer hold, once unused here."""
+        this = self.config.server.name
+        gone: list[tuple[str, int]] = []
+        # Only versions the farm no longer has: a file of a kept version may be another server's
+        # (servers on one host can share a store folder), and it is never this server's to judge.
+        for vdisk in vdisks:
+            wanted = {v.number for v in vdisk.versions}
+            for number in await asyncio.to_thread(_held_numbers, self.folder, vdisk.name):
+                if number not in wanted:
+                    gone.append((vdisk.name, number))
+        if not gone:
+            return
+        window = self.config.stream.idle_timeout + 2 * self.config.farm.heartbeat_interval
+        sessions = await asyncio.to_thread(self.store.list_sessions)
+        used = {(s.vdisk, s.version) for s in sessions if s.server == this and s.idle <= window}
+        for name, number in gone:
+            if (name, number) in used:
+                continue  # a target streams it from here: kept until it reboots
+            removed = await asyncio.to_thread(remove_version_files, self.folder, name, number)
+            if removed:
+                self.log.info(
+                    "version removed from this store: the farm no longer keeps it here",
+                    vdisk=name,
+                    version=number,
+                    files=len(removed),
+                )
 
     async def _pull(
         self,
@@ -228,6 +278,19 @@ class Replicator:
             and s.health(self.config.farm.dead_after) is ServerHealth.ALIVE
             and "api" in s.ports
         }
+
+
+def _held_numbers(folder: Path, vdisk: str) -> list[int]:
+    """The version numbers whose image this store holds for a vDisk (`vN.img`)."""
+    try:
+        names = [p.name for p in (folder / vdisk).iterdir()]
+    except OSError:
+        return []
+    return sorted(
+        int(name[1:-4])
+        for name in names
+        if name.startswith("v") and name.endswith(".img") and name[1:-4].isdigit()
+    )
 
 
 def _holders(replicas: list[Replica], vdisk: str, version: int, servers: dict[str, Server]) -> list[Peer]:
