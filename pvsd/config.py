@@ -177,6 +177,11 @@ class FarmConfig:
         "with auto_add: the device whose vDisk, site and type new devices copy; empty: no vDisk",
         _name_or_empty,
     )
+    max_versions: int = _key(
+        5,
+        "versions per vDisk past which the CLI warns: merge (vdisk merge --base) and delete old ones",
+        _positive_int,
+    )
 
 
 @dataclass(frozen=True)

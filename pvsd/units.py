@@ -6,7 +6,7 @@ import re
 
 from pvsd.errors import BadInput
 
-__all__ = ["format_size", "parse_size"]
+__all__ = ["format_approx", "format_size", "parse_size"]
 
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 _SIZE = re.compile(r"(\d+)\s*([kmgt]?)(?:i?b)?", re.IGNORECASE)
@@ -26,3 +26,13 @@ def format_size(size: int) -> str:
         if size >= factor and size % factor == 0:
             return f"{size // factor} {unit}iB"
     return f"{size} B"
+
+
+def format_approx(size: float) -> str:
+    """A size to three figures for people, not for parsing back: 14.1 MiB, 812 KiB, 96 B."""
+    for unit in ("T", "G", "M", "K"):
+        factor = _UNITS[unit.lower()]
+        if size >= factor:
+            value = size / factor
+            return f"{value:.1f} {unit}iB" if value < 100 else f"{value:.0f} {unit}iB"
+    return f"{size:.0f} B"

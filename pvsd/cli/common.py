@@ -76,6 +76,11 @@ class Noun:
         sub.set_defaults(handler=handler)
         return sub
 
+    def noun(self, name: str, help: str) -> Noun:
+        """A noun inside this one: `pvsd vdisk version new ...`."""
+        sub = self.subparsers.add_parser(name, help=help, description=help)
+        return Noun(sub.add_subparsers(title="commands", metavar="COMMAND", required=True), self.common)
+
 
 def with_json(sub: argparse.ArgumentParser) -> argparse.ArgumentParser:
     sub.add_argument("--json", action="store_true", help="print JSON instead of a table")

@@ -21,6 +21,7 @@ from pvsd.cli.common import (
     size_argument,
     with_json,
 )
+from pvsd.cli.vdisk_versions import active_within, register_versions, warn_versions
 from pvsd.config import Config
 from pvsd.errors import BadInput
 from pvsd.farm.records import (
@@ -30,12 +31,10 @@ from pvsd.farm.records import (
     ServerHealth,
     VDisk,
     VDiskShape,
-    VersionState,
     WriteCache,
 )
-from pvsd.farm.versions import check_promote, revert_target
 from pvsd.names import check_name
-from pvsd.units import format_size
+from pvsd.units import format_approx, format_size
 from pvsd.vdisk.formats import CONVERTIBLE, convert_to_raw, probe_image
 from pvsd.vdisk.image import boot_folder, check_source, discard_image, image_path, import_image, move_image
 
@@ -86,23 +85,9 @@ def register(commands: Commands) -> None:
     with_json(vdisk.command("list", _list, "list vDisks"))
     replicas = with_json(vdisk.command("replicas", _replicas, "which server holds which version"))
     replicas.add_argument("name", nargs="?", help="only this vDisk")
-    versions = with_json(vdisk.command("versions", _versions, "a vDisk's versions: state, sha256, servers"))
-    versions.add_argument("name")
-    promote = vdisk.command(
-        "promote",
-        _promote,
-        "move a version up: maintenance -> test -> production (at each device's next boot)",
-    )
-    promote.add_argument("name")
-    promote.add_argument("version", type=int)
-    promote.add_argument("state", choices=("test", "production"))
-    revert = vdisk.command(
-        "revert", _revert, "move a version one step back: production -> test -> maintenance"
-    )
-    revert.add_argument("name")
-    revert.add_argument("version", type=int)
+    register_versions(vdisk)
     sync = vdisk.command(
-        "sync", _sync, "whether every live server holds a version; --wait follows the copies"
+        "sync", _sync, "whether every live server of its placement holds a version; --wait follows"
     )
     sync.add_argument("name")
     sync.add_argument("--version", type=int, metavar="N", help="this version (default: the newest)")
@@ -231,6 +216,7 @@ def _import_raw(args: argparse.Namespace, config: Config, source: Path, shown: P
         f"vDisk {args.name!r} version {version.number} imported: {format_size(result.size)}, "
         f"sha256 {result.sha256}, {destination} ({held})"
     )
+    warn_versions(store.get_vdisk(args.name), config)
     return 0
 
 
@@ -289,69 +275,9 @@ def replica_state_text(replica: Replica, size: int, health: ServerHealth | None)
         return f"unreachable ({replica.state})"
     if replica.state is ReplicaState.COPYING:
         percent = replica.copied_bytes * 100 // size if size else 0
-        rate = f" at {format_size(int(replica.rate_bps))}/s" if replica.rate_bps else ""
+        rate = f" at {format_approx(replica.rate_bps)}/s" if replica.rate_bps else ""
         return f"copying {percent}%{rate}"
     return str(replica.state)
-
-
-def _versions(args: argparse.Namespace, config: Config) -> int:
-    store = open_farm(config)
-    vdisk = store.get_vdisk(args.name)
-    holders: dict[int, list[str]] = {}
-    for replica in store.list_replicas(args.name):
-        if replica.state is ReplicaState.VERIFIED:
-            holders.setdefault(replica.version, []).append(replica.server)
-    rows = [
-        {
-            "number": v.number,
-            "state": str(v.state),
-            "sha256": v.sha256,
-            "size": vdisk.size,
-            "created_at": v.created_at,
-            "servers": sorted(holders.get(v.number, [])),
-            "boots_diskless": v.boot is not None,
-        }
-        for v in vdisk.versions
-    ]
-    if args.json:
-        print_json(rows)
-        return 0
-    print_table(
-        ["VERSION", "STATE", "SIZE", "SHA256", "SERVERS"],
-        [
-            [
-                v.number,
-                v.state,
-                format_size(vdisk.size),
-                (v.sha256 or "-")[:16],
-                ", ".join(sorted(holders.get(v.number, []))) or "-",
-            ]
-            for v in vdisk.versions
-        ],
-        f"vDisk {args.name} has no versions",
-    )
-    return 0
-
-
-def _promote(args: argparse.Namespace, config: Config) -> int:
-    store = open_farm(config)
-    version = check_promote(store.get_vdisk(args.name), args.version, VersionState(args.state))
-    store.set_version(args.name, args.version, state=VersionState(args.state))
-    print(
-        f"{args.name} version {args.version}: {version.state} -> {args.state}; "
-        "each device takes it at its next boot (a running target keeps its version)"
-    )
-    return 0
-
-
-def _revert(args: argparse.Namespace, config: Config) -> int:
-    store = open_farm(config)
-    vdisk = store.get_vdisk(args.name)
-    back = revert_target(vdisk, args.version)
-    was = next(v.state for v in vdisk.versions if v.number == args.version)
-    store.set_version(args.name, args.version, state=back)
-    print(f"{args.name} version {args.version}: {was} -> {back}")
-    return 0
 
 
 def _sync(args: argparse.Namespace, config: Config) -> int:
@@ -367,7 +293,10 @@ def _sync(args: argparse.Namespace, config: Config) -> int:
     show = progress_bar(f"{args.name} v{number}") if sys.stderr.isatty() else None
     while True:
         live = {
-            s.name for s in store.list_servers() if s.health(config.farm.dead_after) is ServerHealth.ALIVE
+            s.name
+            for s in store.list_servers()
+            if s.health(config.farm.dead_after) is ServerHealth.ALIVE
+            and (not vdisk.placement or s.name in vdisk.placement)
         }
         replicas = {r.server: r for r in store.list_replicas(args.name) if r.version == number}
         held = sum(
@@ -399,7 +328,6 @@ def _sync(args: argparse.Namespace, config: Config) -> int:
 
 
 def _remove(args: argparse.Namespace, config: Config) -> int:
-    active_within = config.stream.idle_timeout + 2 * config.farm.heartbeat_interval
-    ended = open_farm(config).remove_vdisk(args.name, active_within, force=args.force)
+    ended = open_farm(config).remove_vdisk(args.name, active_within(config), force=args.force)
     print(f"vDisk {args.name!r} removed" + (f"; {ended} session(s) ended" if ended else ""))
     return 0
