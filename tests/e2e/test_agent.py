@@ -10,16 +10,13 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
+from support.agent import agent
 from support.guest import (
     BiosRun,
     GuestRun,
@@ -30,7 +27,7 @@ from support.guest import (
     require_guest_tools,
 )
 from support.net import free_port
-from support.pvsd import in_namespace, pvsd, pvsd_env, wait_for
+from support.pvsd import pvsd, pvsd_env, wait_for
 from support.stream import StreamFarm, stream_farm
 
 from pvsd.lab.lab import Lab
@@ -38,50 +35,6 @@ from pvsd.lab.lab import Lab
 MAC = "52:54:00:00:00:00"
 
 pytestmark = pytest.mark.timeout(300)
-
-
-@contextmanager
-def agent(
-    env: dict[str, str], folder: Path, *how: str, namespace: str | None = None
-) -> Iterator[tuple[subprocess.Popen[str], Path]]:
-    """`pvsd target boot --mac MAC HOW...` in the background (in `namespace` if given), until
-    its status file appears; SIGTERM at the end, as an operator stops it."""
-    status = folder / "agent.status.json"
-    log = (folder / "agent.log").open("w")
-    process = subprocess.Popen(
-        [
-            *in_namespace(namespace),
-            sys.executable,
-            "-m",
-            "pvsd",
-            "--log-format",
-            "json",
-            "target",
-            "boot",
-            "--mac",
-            MAC,
-            *how,
-            "--status",
-            str(status),
-        ],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-        wait_for(lambda: status.exists() or process.poll() is not None, timeout=60, interval=0.05)
-        assert process.poll() is None, (folder / "agent.log").read_text()
-        yield process, status
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(5)
-        log.close()
 
 
 def streaming_agent(farm: StreamFarm, folder: Path, port: int, *extra: str) -> Any:

@@ -9,13 +9,17 @@ from pathlib import Path
 
 import pytest
 
+from pvsd.farm.store import open_store
 from tests.support.pvsd import pvsd, pvsd_env
 
 
 @pytest.fixture
 def env(tmp_path: Path) -> dict[str, str]:
-    env = pvsd_env(f"sqlite:///{tmp_path}/farm.db", server__store=str(tmp_path / "store"))
+    url = f"sqlite:///{tmp_path}/farm.db"
+    env = pvsd_env(url, server__store=str(tmp_path / "store"), server__name="pvs1")
     assert pvsd(env, "farm", "init", "--name", "lab").returncode == 0
+    # Back to maintenance a version is writable on the server that runs the command: one the farm knows.
+    open_store(url, "test").register_server("pvs1", "127.0.0.1", {}, 1.0, "pvs1-instance", 8.0)
     image = tmp_path / "disk.img"
     for _ in range(2):
         image.write_bytes(os.urandom(1 << 20))
@@ -26,7 +30,7 @@ def env(tmp_path: Path) -> dict[str, str]:
 def states(env: dict[str, str]) -> dict[int, str]:
     done = pvsd(env, "vdisk", "versions", "lab", "--json")
     assert done.returncode == 0, done.stderr
-    return {v["number"]: v["state"] for v in json.loads(done.stdout) if v["sha256"]}
+    return {v["number"]: v["state"] for v in json.loads(done.stdout) if v["number"]}
 
 
 def test_versions_move_down_and_up_in_order(env: dict[str, str]) -> None:
