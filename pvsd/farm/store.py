@@ -936,13 +936,7 @@ class FarmStore:
                     f"({version.home})"
                 )
             if at is None:
-                self._exec(
-                    cursor,
-                    "UPDATE vdisk_versions SET state = ?, promote_to = NULL, promote_at = NULL "
-                    "WHERE vdisk_id = ? AND number = ?",
-                    (state, vdisk_id, number),
-                )
-                self._audit(cursor, "vdisk.promote", f"{vdisk}.{number}", state=state)
+                self._move_in(cursor, vdisk_id, vdisk, number, state, "vdisk.promote")
                 return
             self._exec(
                 cursor,
@@ -954,6 +948,18 @@ class FarmStore:
         self._run(True, work)
         return next(v for v in self.get_vdisk(vdisk).versions if v.number == number)
 
+    def _move_in(
+        self, cursor: Cursor, vdisk_id: int, vdisk: str, number: int, state: VersionState, action: str
+    ) -> None:
+        """A sealed version to `state` now; a promotion scheduled for it is dropped."""
+        self._exec(
+            cursor,
+            "UPDATE vdisk_versions SET state = ?, promote_to = NULL, promote_at = NULL "
+            "WHERE vdisk_id = ? AND number = ?",
+            (state, vdisk_id, number),
+        )
+        self._audit(cursor, action, f"{vdisk}.{number}", state=state)
+
     def revert(self, vdisk: str, number: int, server: str, active_within: float) -> VDiskVersion:
         """One step back. Back to maintenance the version becomes writable again on `server`, which
         must hold it verified; the other servers' copies are dropped (they would be stale)."""
@@ -962,13 +968,7 @@ class FarmStore:
             vdisk_id, record = self._vdisk_in(cursor, vdisk)
             back = revert_target(record, number)
             if back is not VersionState.MAINTENANCE:
-                self._exec(
-                    cursor,
-                    "UPDATE vdisk_versions SET state = ?, promote_to = NULL, promote_at = NULL "
-                    "WHERE vdisk_id = ? AND number = ?",
-                    (back, vdisk_id, number),
-                )
-                self._audit(cursor, "vdisk.revert", f"{vdisk}.{number}", state=back)
+                self._move_in(cursor, vdisk_id, vdisk, number, back, "vdisk.revert")
                 return
             busy = [v for v in record.versions if v.state is VersionState.MAINTENANCE and v.imaged]
             if busy:
