@@ -107,7 +107,9 @@ def test_maintenance_test_production_with_a_real_os(tmp_path: Path) -> None:
     script = _INIT_SH.format(
         note=NOTE, stop_writes=guest.STOP_WRITES_SH.format(fail=guest.FAIL_MARKER), done=guest.DONE_MARKER
     )
-    image = guest.build_rootfs(tmp_path / "root.img", size=96 << 20, payload_size=24 << 20, init_sh=script).path
+    image = guest.build_rootfs(
+        tmp_path / "root.img", size=96 << 20, payload_size=24 << 20, init_sh=script
+    ).path
     envs = {name: _env(tmp_path, name) for name in HOSTS}
     pvs1 = envs["pvs1"]
     _ok(pvs1, "farm", "init", "--name", "lab")
