@@ -289,6 +289,12 @@ def _sync(args: argparse.Namespace, config: Config) -> int:
     number = args.version if args.version is not None else vdisk.versions[-1].number
     if number not in {v.number for v in vdisk.versions}:
         raise BadInput(f"vDisk {args.name!r} has no version {number}")
+    record = vdisk.version(number)
+    if record is not None and record.home is not None:
+        raise BadInput(
+            f"{args.name} version {number} is in maintenance on {record.home}: it is copied to the other "
+            f"servers once promoted (pvsd vdisk promote {args.name} {number} test)"
+        )
     deadline = time.monotonic() + args.timeout
     show = progress_bar(f"{args.name} v{number}") if sys.stderr.isatty() else None
     while True:

@@ -98,6 +98,7 @@ def test_a_maintenance_version_is_made_written_sealed_and_copied(farm: Farm) -> 
     assert v2["home"] == "pvs1" and v2["servers"] == ["pvs1"]
     assert farm.path(2).read_bytes() == farm.image.read_bytes()
     assert "in maintenance already" in farm.refused("vdisk", "version", "new", "lab")
+    assert "copied to the other servers once promoted" in farm.refused("vdisk", "sync", "lab")
 
     # The maintenance device's writes go into the version's image (the stream does this in
     # private mode); promoting it seals what it holds.
