@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pvsd.errors import BadInput, Failure
+from pvsd.vdisk.chunk_files import keep_index, kept_index_path
+from pvsd.vdisk.chunks import ChunkIndex, IndexBuilder
 
 __all__ = [
     "DEFAULT_CHUNK",
@@ -165,9 +167,12 @@ def import_image(
         part = destination.with_suffix(".img.part")
         try:
             destination.parent.mkdir(parents=True, exist_ok=True)
-            sha256 = _copy(source, source_fd, part, total, chunk, progress)
+            index = _copy(source, source_fd, part, total, chunk, progress)
+            sha256 = index.sha256
             part.replace(destination)
             write_sidecar(destination, sha256)
+            # Made on the way: a peer asking for it to pull the version gets it at once.
+            keep_index(destination, index)
             _fsync_directory(destination.parent)
         except BaseException:
             part.unlink(missing_ok=True)
@@ -219,8 +224,8 @@ def _copy(
     total: int,
     chunk: int,
     progress: Callable[[int, int], None] | None,
-) -> str:
-    digest = hashlib.sha256()
+) -> ChunkIndex:
+    digest = IndexBuilder()
     buffer = bytearray(min(chunk, total))
     view = memoryview(buffer)
     done = 0
@@ -236,7 +241,7 @@ def _copy(
                 raise BadInput(f"cannot import {source}: read failed: {error.strerror or error}") from None
             if not count:
                 break
-            digest.update(view[:count])
+            digest.feed(view[:count])
             _write_all(part_fd, part, view[:count])
             done += count
             if progress is not None:
@@ -249,7 +254,7 @@ def _copy(
             raise Failure(f"cannot write {part}: {error.strerror or error}") from None
     finally:
         os.close(part_fd)
-    return digest.hexdigest()
+    return digest.finish()
 
 
 def _write_all(fd: int, path: Path, data: memoryview) -> None:
@@ -267,12 +272,14 @@ def move_image(image: Path, destination: Path) -> None:
         raise BadInput(f"cannot import to {destination}: it exists already")
     image.replace(destination)
     sidecar_path(image).replace(sidecar_path(destination))
+    if kept_index_path(image).exists():
+        kept_index_path(image).replace(kept_index_path(destination))
     _fsync_directory(destination.parent)
 
 
 def discard_image(image: Path) -> None:
     """Remove an image and its sidecar if they are there: an import that was not recorded."""
-    for path in (image, sidecar_path(image), image.with_suffix(".img.part")):
+    for path in (image, sidecar_path(image), kept_index_path(image), image.with_suffix(".img.part")):
         path.unlink(missing_ok=True)
 
 

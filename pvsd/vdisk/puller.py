@@ -36,6 +36,7 @@ from pvsd.net.reader import DecodeError
 from pvsd.vdisk.chunk_files import chunk_matches, index_image, keep_index, kept_index
 from pvsd.vdisk.chunks import ChunkIndex, ChunkProgress, decode_index, decode_progress, local_sources
 from pvsd.vdisk.image import image_path, read_sidecar, sha256_file, write_sidecar
+from pvsd.vdisk.ordered_hash import OrderedHash
 from pvsd.vdisk.ratelimit import RateLimit
 
 __all__ = ["Peer", "PullResult", "fetch_index", "pull_version", "repair_chunks"]
@@ -96,11 +97,20 @@ async def pull_version(
     progress, reused = await asyncio.to_thread(_reuse_local, store, vdisk, version, index, partial, progress)
     if reused:
         await asyncio.to_thread(_save, progress_file, progress)
+    whole = OrderedHash(partial, index, progress.done)
+    hashing = asyncio.ensure_future(asyncio.to_thread(whole.run))
     puller = _Fetcher(
         session, peers, vdisk, version, index, partial, progress, progress_file, log, rate, on_progress
     )
-    await puller.run(parallel)
-    await asyncio.to_thread(_finish, partial, target, sha256)
+    puller.landed = whole.mark
+    try:
+        await puller.run(parallel)
+        actual = await hashing
+    finally:
+        whole.cancel()
+        with contextlib.suppress(Exception, asyncio.CancelledError):
+            await hashing
+    await asyncio.to_thread(_finish, partial, target, sha256, actual)
     await asyncio.to_thread(keep_index, target, index)  # for the next peer, and for the scrub
     progress_file.unlink(missing_ok=True)
     result = PullResult(
@@ -272,10 +282,10 @@ def _save(progress_file: Path, progress: ChunkProgress) -> None:
     partial.replace(progress_file)
 
 
-def _finish(partial: Path, target: Path, sha256: str) -> None:
+def _finish(partial: Path, target: Path, sha256: str, actual: str) -> None:
+    """`actual`: the partial file's hash, read back from it as its chunks landed."""
     with partial.open("rb+") as stream:
         os.fsync(stream.fileno())
-    actual = sha256_file(partial)
     if actual != sha256:
         partial.unlink(missing_ok=True)
         raise Failure(
@@ -324,6 +334,7 @@ class _Fetcher:
         self._saved_at = time.monotonic()
         self._saving = asyncio.Lock()
         self._fd = -1
+        self.landed: Callable[[int], None] | None = None  # told of each chunk once it is written
 
     async def run(self, parallel: int) -> None:
         queue: asyncio.Queue[int] = asyncio.Queue()
@@ -355,6 +366,8 @@ class _Fetcher:
                     await asyncio.sleep(wait)
             data = await self._fetch(number)
             await asyncio.to_thread(os.pwrite, self._fd, data, self.index.span(number)[0])
+            if self.landed is not None:
+                self.landed(number)
             self.fetched += len(data)
             self.progress = self.progress.with_done(number)
             if time.monotonic() - self._saved_at >= SAVE_EVERY_S and not self._saving.locked():
@@ -364,7 +377,11 @@ class _Fetcher:
     async def _checkpoint(self) -> None:
         """The progress bitmap to disk, and the progress to whoever follows it."""
         self._saved_at = time.monotonic()
-        await asyncio.to_thread(_save, self.progress_file, self.progress)
+        progress = self.progress
+        # The chunks on disk before the bitmap that says so; and the write-back spread over the
+        # copy, so that the fsync at its end has a second's worth left, not the whole image.
+        await asyncio.to_thread(os.fdatasync, self._fd)
+        await asyncio.to_thread(_save, self.progress_file, progress)
         if self.on_progress is not None:
             held = self.index.chunk_bytes(self.progress.done)
             rate = self.fetched / max(1e-3, time.monotonic() - self._started)
@@ -393,7 +410,8 @@ class _Fetcher:
                 problems.append(f"{peer.name}: HTTP {status}")
                 self._rest(peer, problems[-1])
                 continue
-            if len(data) != length or _sha256(data) != expected:
+            # Hashed in a thread: the loop goes on reading the other chunks' bodies meanwhile.
+            if len(data) != length or await asyncio.to_thread(_sha256, data) != expected:
                 problems.append(f"{peer.name}: chunk {number} does not match the index")
                 self._rest(peer, problems[-1])
                 continue

@@ -73,7 +73,12 @@ def test_a_hypervisor_image_imports_to_the_bytes_of_its_raw_disk(
     (vdisk,) = json.loads(pvsd(env, "vdisk", "list", "--json").stdout)
     assert vdisk["size"] == SIZE
     assert (tmp_path / "store/lab/v1.img").read_bytes() == raw.read_bytes()
-    assert _store_files(tmp_path) == ["lab", "lab/v1.img", "lab/v1.img.sha256"]  # no converted copy left
+    assert _store_files(tmp_path) == [
+        "lab",
+        "lab/v1.img",
+        "lab/v1.img.chunks",
+        "lab/v1.img.sha256",
+    ]  # no converted copy left
 
 
 @pytest.mark.parametrize("name", ["qcow2", "vmdk"])

@@ -74,6 +74,7 @@ def test_a_gpt_linux_image_imports_with_its_boot_files(env: dict[str, str], tmp_
         "deb/v1.boot/initrd.img",
         "deb/v1.boot/vmlinuz",
         "deb/v1.img",
+        "deb/v1.img.chunks",
         "deb/v1.img.sha256",
     ]
 
@@ -94,7 +95,7 @@ def test_a_plain_disk_imports_as_before(env: dict[str, str], tmp_path: Path) -> 
     assert "holds no Linux root file system: it boots through the host agent, not diskless" in result.stdout
     (vdisk,) = _vdisks(env)
     assert vdisk["versions"][-1]["boot"] is None  # type: ignore[index]
-    assert _store_files(tmp_path) == ["plain", "plain/v1.img", "plain/v1.img.sha256"]
+    assert _store_files(tmp_path) == ["plain", "plain/v1.img", "plain/v1.img.chunks", "plain/v1.img.sha256"]
 
 
 def _no_kernel(tmp_path: Path, image: Path) -> None:

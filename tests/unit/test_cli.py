@@ -172,4 +172,4 @@ def test_a_refused_import_leaves_nothing_behind(
     assert code == 0, out
     (vdisk,) = json.loads(run(capsys, "vdisk", "list", "--json")[1])
     assert (vdisk["name"], vdisk["size"], [v["number"] for v in vdisk["versions"]]) == ("d2", 2 << 20, [0, 1])
-    assert sorted(p.name for p in (store / "d2").iterdir()) == ["v1.img", "v1.img.sha256"]
+    assert sorted(p.name for p in (store / "d2").iterdir()) == ["v1.img", "v1.img.chunks", "v1.img.sha256"]

@@ -24,6 +24,7 @@ from pvsd.vdisk import (
     verify_image,
     write_sidecar,
 )
+from pvsd.vdisk.chunk_files import kept_index
 
 
 def make_source(folder: Path, size: int, name: str = "source.raw") -> Path:
@@ -58,7 +59,10 @@ def test_import_copies_hashes_and_reports_progress(tmp_path: Path) -> None:
     assert [done for done, _ in calls] == sorted(done for done, _ in calls)
     assert {total for _, total in calls} == {len(content)}
     assert not destination.with_suffix(".img.part").exists()
-    assert sorted(path.name for path in destination.parent.iterdir()) == ["v1.img", "v1.img.sha256"]
+    names = sorted(path.name for path in destination.parent.iterdir())
+    assert names == ["v1.img", "v1.img.chunks", "v1.img.sha256"]
+    kept = kept_index(destination, result.sha256)  # made on the way, for peers that pull it
+    assert kept is not None and kept.size == len(content)
     info = destination.stat()
     assert read_sidecar(destination) == Sidecar(result.sha256, info.st_size, info.st_mtime_ns)
 
