@@ -182,6 +182,11 @@ class FarmConfig:
         "versions per vDisk past which the CLI warns: merge (vdisk merge --base) and delete old ones",
         _positive_int,
     )
+    offline_dir: str = _key(
+        "var/offline",
+        "where each server keeps, in a folder of its name, its snapshot of the farm (0600: it "
+        "holds the farm secret) and the records it queues while the database is down",
+    )
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ import hashlib
 import ipaddress
 import signal
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol
 
@@ -16,6 +17,7 @@ import structlog
 
 from pvsd.api import ApiService, BootHttp, Resolver
 from pvsd.api.replication import ReplicationHttp
+from pvsd.api.status import status_routes
 from pvsd.boot.builds import BootBuilds
 from pvsd.boot.media import MediaNetwork, media_servers
 from pvsd.boot.media_iso import build_media
@@ -25,9 +27,12 @@ from pvsd.config import Config, ConfigError
 from pvsd.dhcp.server import DhcpServer, boot_policy
 from pvsd.errors import Failure, PvsdError
 from pvsd.farm.devices import DeviceView
+from pvsd.farm.errors import StoreUnavailable
 from pvsd.farm.membership import Membership
-from pvsd.farm.records import Device, Server
-from pvsd.farm.store import FarmStore, open_store
+from pvsd.farm.offline import OfflineFarm
+from pvsd.farm.records import Device, Server, ServerState
+from pvsd.farm.snapshot import FarmSnapshot, SnapshotError, read_snapshot
+from pvsd.farm.store import FarmStore, backend_for, open_store
 from pvsd.preflight import address_problem, bind_hint, boot_file_problems
 from pvsd.privileges import drop_privileges
 from pvsd.stream.service import StreamService, stream_ports
@@ -35,7 +40,7 @@ from pvsd.tftp.server import TftpServer
 from pvsd.tftp.workers import TftpWorkers, share_of, worker_count
 from pvsd.vdisk.replicator import Replicator
 
-__all__ = ["advertised_ports", "serve"]
+__all__ = ["advertised_ports", "offline_folder", "serve"]
 
 
 MEDIA_FILE = "pvsd.iso"  # served as /boot/media/pvsd.iso
@@ -56,10 +61,15 @@ def advertised_ports(config: Config) -> dict[str, int]:
 
 
 async def serve(
-    config: Config, actor: str, log: structlog.stdlib.BoundLogger, take_over: bool = False
+    config: Config,
+    actor: str,
+    log: structlog.stdlib.BoundLogger,
+    take_over: bool = False,
+    trust_database: bool = False,
 ) -> None:
     """Run one server until SIGTERM or SIGINT. Errors meant for the user propagate as PvsdError.
-    `take_over` replaces a live process serving under this server's name."""
+    `take_over` replaces a live process serving under this server's name; `trust_database`
+    uses the farm database even if it looks older than this server's snapshot."""
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
     # Installed first, so that a signal during start-up still ends in a clean leave.
@@ -83,7 +93,7 @@ async def serve(
     unusable = address_problem(config.server.bind)
     if unusable is not None:
         raise Failure(f"cannot listen on {config.server.bind}: {unusable}")
-    store: FarmStore = await asyncio.to_thread(open_store, config.farm.database, actor)
+    store, snapshot = await _open_farm(config, actor, log)
     try:
         membership = Membership(
             store,
@@ -102,12 +112,30 @@ async def serve(
                 address=config.server.address,
                 hint="set [server] address to this host's address on the boot network",
             )
-        this = await membership.join(take_over)
-        services: list[Service] = []
-        try:
+        offline = OfflineFarm(
+            store,
+            offline_folder(config),
+            log.bind(service="offline"),
+            interval=config.farm.heartbeat_interval,
+            active_within=config.stream.idle_timeout + 2 * config.farm.heartbeat_interval,
+            trust_database=trust_database,
+        )
+        if snapshot is None:
+            this = await membership.join(take_over)
             await membership.refresh(loop.time())
             farm = await asyncio.to_thread(store.get_farm)
-            services = await _start_services(config, farm.name, farm.secret, this, membership, log, reloads)
+            offline.load()  # what this server saw last: a database restored from a backup is noticed
+        else:
+            offline.snapshot = snapshot
+            membership.seed(list(snapshot.servers), loop.time())
+            this = _this_server(config, membership)
+            farm = snapshot.farm
+        services: list[Service] = [offline]
+        try:
+            await offline.start()
+            services += await _start_services(
+                config, farm.name, farm.secret, this, membership, offline, log, reloads
+            )
             if drop_privileges(config.server.user):
                 log.info("switched user after binding", user=config.server.user)
             log.info(
@@ -116,6 +144,7 @@ async def serve(
                 address=config.server.address,
                 bind=config.server.bind,
                 database=store.url,
+                database_state=str(offline.state),
             )
             heartbeats = asyncio.create_task(membership.run(), name="heartbeat")
             stop_wait = asyncio.create_task(stopping.wait(), name="stop")
@@ -139,18 +168,69 @@ class Service(Protocol):
     async def close(self) -> None: ...
 
 
+def offline_folder(config: Config) -> Path:
+    """Each server its own folder: two servers of one host must never share a queue."""
+    return Path(config.farm.offline_dir) / config.server.name
+
+
+async def _open_farm(
+    config: Config, actor: str, log: structlog.stdlib.BoundLogger
+) -> tuple[FarmStore, FarmSnapshot | None]:
+    """The farm store, checked; or, when the database is unreachable, a store that connects
+    once it is back and the snapshot this server serves from until then."""
+    try:
+        return await asyncio.to_thread(open_store, config.farm.database, actor), None
+    except StoreUnavailable as error:
+        unreachable = str(error)
+        try:
+            snapshot = read_snapshot(offline_folder(config))
+        except SnapshotError as missing:
+            raise StoreUnavailable(f"{error}; and no farm snapshot to start from: {missing}") from error
+    log.warning(
+        "farm database unreachable at start: serving from the farm snapshot until it returns",
+        database=backend_for(config.farm.database).display_url,
+        error=unreachable,
+        snapshot_taken_at=datetime.fromtimestamp(snapshot.taken_at, UTC).isoformat(timespec="seconds"),
+        devices=len(snapshot.devices),
+        servers=len(snapshot.servers),
+    )
+    return FarmStore(backend_for(config.farm.database), actor), snapshot
+
+
+def _this_server(config: Config, membership: Membership) -> Server:
+    """This server's record when it cannot register: the snapshot's, with this run's address."""
+    known = next((s for s in membership.known_servers(0.0) if s.name == config.server.name), None)
+    return Server(
+        name=config.server.name,
+        address=config.server.address,
+        ports=advertised_ports(config),
+        power=config.server.power,
+        site=(config.server.site or None) if known is None else known.site,
+        state=ServerState.RUNNING,
+        instance=membership.instance,
+        started_at=None,
+        last_heartbeat=None,
+        heartbeat_age=0.0,
+    )
+
+
 async def _start_services(
     config: Config,
     farm: str,
     secret: str,
     this: Server,
     membership: Membership,
+    offline: OfflineFarm,
     log: structlog.stdlib.BoundLogger,
     reloads: list[Callable[[], None]],
 ) -> list[Service]:
     """Bind every enabled service; a port that cannot be bound stops the start with a clear error.
     What can be re-read on SIGHUP is added to `reloads`."""
     devices = DeviceView(membership.store, config.farm.heartbeat_interval)
+    if offline.snapshot is not None:
+        # Known devices keep their proxy offers and boot scripts while the database is down.
+        devices.devices = {device.mac: device for device in offline.snapshot.devices}
+        devices.vdisks = {vdisk.name: vdisk for vdisk in offline.snapshot.vdisks}
     services: list[Service] = [devices]
     try:
         template = _device_template(config)
@@ -161,7 +241,7 @@ async def _start_services(
             services += [tftp, workers]
             publishers += [tftp.registry, workers]
         if config.api.enabled:
-            api = await _start_api(config, log)
+            api = await _start_api(config, log, offline)
             services.append(api)
             publishers.append(api.boot)
             files = VersionFiles(
@@ -180,7 +260,7 @@ async def _start_services(
                 # A target offered this file stops with "file not found", far from any log: say it here.
                 log.error("offered boot file cannot be served", key=problem.key, problem=problem.message)
         if config.stream.enabled or config.login.enabled:
-            services.append(await _start_stream(config, secret, membership, log))
+            services.append(await _start_stream(config, secret, membership, offline, log))
         if config.replication.enabled:
             replicator = Replicator(config, membership, log.bind(service="replication"))
             await replicator.start()
@@ -219,11 +299,12 @@ async def _start_tftp(config: Config, log: structlog.stdlib.BoundLogger) -> tupl
     return tftp, workers
 
 
-async def _start_api(config: Config, log: structlog.stdlib.BoundLogger) -> ApiService:
+async def _start_api(config: Config, log: structlog.stdlib.BoundLogger, offline: OfflineFarm) -> ApiService:
     boot = BootHttp([Path(config.tftp.root), Path(config.tftp.ipxe_dir)], log.bind(service="http"))
     host = config.server.bind or config.server.address
     replication = ReplicationHttp(Path(config.server.store), log.bind(service="replication"))
-    api = ApiService(boot, host, config.api.port, log.bind(service="http"), replication.routes())
+    status = status_routes(lambda: {"server": config.server.name, **offline.status()})
+    api = ApiService(boot, host, config.api.port, log.bind(service="http"), [*replication.routes(), *status])
     try:
         await api.start()
     except OSError as error:
@@ -326,9 +407,13 @@ async def _start_dhcp(config: Config, devices: DeviceView, log: structlog.stdlib
 
 
 async def _start_stream(
-    config: Config, secret: str, membership: Membership, log: structlog.stdlib.BoundLogger
+    config: Config,
+    secret: str,
+    membership: Membership,
+    offline: OfflineFarm,
+    log: structlog.stdlib.BoundLogger,
 ) -> Service:
-    stream = StreamService(config, membership.store, secret, membership, log)
+    stream = StreamService(config, membership.store, secret, membership, log, offline)
     try:
         await stream.start()
     except OSError as error:

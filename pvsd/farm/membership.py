@@ -71,6 +71,10 @@ class Membership:
         """Called with the farm's servers after every heartbeat, database up or not."""
         self._view_read_at: float | None = None
         self._heartbeats = HeartbeatWatch(dead_after)
+        self.joined = False
+        """False while a server started with the database down has not registered yet."""
+        self.peer_age: Callable[[str, float], float | None] | None = None
+        """How long since a server was heard directly (UDP heartbeats between servers), or None."""
 
     async def join(self, take_over: bool = False) -> Server:
         """Register this process as the server of its name. A live process already serving under
@@ -88,7 +92,14 @@ class Membership:
             replace,
         )
         self.log.info("joined the farm", server=self.name, address=self.address, instance=self.instance)
+        self.joined = True
         return server
+
+    def seed(self, servers: list[Server], now: float) -> None:
+        """Start from the servers of the offline snapshot (the database is down): each counts as
+        dead until it is heard directly, this one excepted."""
+        self._view = [dataclasses.replace(s, heartbeat_age=None) for s in servers]
+        self._view_read_at = now
 
     async def _record(self) -> Server | None:
         servers = await asyncio.to_thread(self.store.list_servers)
@@ -138,10 +149,15 @@ class Membership:
         for server in self._view:
             if server.name == self.name:
                 aged.append(dataclasses.replace(server, heartbeat_age=0.0))
-            elif server.heartbeat_age is not None:
-                aged.append(dataclasses.replace(server, heartbeat_age=server.heartbeat_age + elapsed))
-            else:
-                aged.append(server)
+                continue
+            if server.heartbeat_age is not None:
+                server = dataclasses.replace(server, heartbeat_age=server.heartbeat_age + elapsed)
+            heard = self.peer_age(server.name, now) if self.peer_age is not None else None
+            if heard is not None and (server.heartbeat_age is None or heard < server.heartbeat_age):
+                # Heard directly more lately than the database says: alive, even when the
+                # database is down or holds a stale "stopped" from before a restart.
+                server = dataclasses.replace(server, heartbeat_age=heard, state=ServerState.RUNNING)
+            aged.append(server)
         return aged
 
     async def refresh(self, now: float) -> None:
@@ -161,7 +177,11 @@ class Membership:
             await asyncio.sleep(max(0.0, self.heartbeat_interval - (loop.time() - started)))
 
     async def beat(self, now: float) -> None:
+        if not self.joined:
+            await self._join_late(now)
         try:
+            if not self.joined:
+                raise StoreUnavailable("this server has not registered in the farm database yet")
             result = await asyncio.to_thread(self.store.heartbeat, self.name, self.instance)
         except StoreUnavailable as error:
             self._database_down(now, str(error))
@@ -183,7 +203,20 @@ class Membership:
         for watcher in self.watchers:
             watcher(view)
 
+    async def _join_late(self, now: float) -> None:
+        """A server that started while the database was down registers once it is back."""
+        try:
+            await self.join()
+        except StoreUnavailable:
+            return
+        except Conflict as error:
+            # Another process took this name during the outage: two must not serve under one.
+            raise MembershipLost(str(error)) from error
+        self.log.info("registered in the farm database, which was down when this server started")
+
     async def leave(self) -> None:
+        if not self.joined:
+            return
         try:
             owned = await asyncio.to_thread(self.store.stop_server, self.name, self.instance)
         except (StoreUnavailable, FarmReplaced) as error:

@@ -62,4 +62,8 @@ class PostgresBackend:
         return isinstance(error, psycopg.errors.IntegrityError)
 
     def is_unavailable_error(self, error: BaseException) -> bool:
-        return isinstance(error, psycopg.OperationalError | psycopg.InterfaceError)
+        # A missing table: the database came back empty (re-created, or a wrong backup). It is
+        # not this farm, so the servers treat it as unreachable and go on from their snapshots.
+        return isinstance(
+            error, psycopg.OperationalError | psycopg.InterfaceError | psycopg.errors.UndefinedTable
+        )

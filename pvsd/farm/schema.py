@@ -175,6 +175,15 @@ MIGRATIONS: tuple[Migration, ...] = (
                     REFERENCES vdisk_versions(vdisk_id, number) ON DELETE CASCADE)""",
         ),
     ),
+    Migration(
+        9,
+        "offline database: records a server queued while the database was down carry a key, "
+        "so that writing them twice (a crash after the write) adds nothing",
+        (
+            "ALTER TABLE audit ADD COLUMN event TEXT",
+            "CREATE UNIQUE INDEX audit_event ON audit (event)",
+        ),
+    ),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version

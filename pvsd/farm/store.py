@@ -28,6 +28,7 @@ from pvsd.farm.errors import (
     StoreError,
     StoreUnavailable,
 )
+from pvsd.farm.offline_queue import OfflineRecord, RecordKind
 from pvsd.farm.records import (
     AccessMode,
     AuditEntry,
@@ -53,6 +54,7 @@ from pvsd.farm.records import (
     WriteCache,
 )
 from pvsd.farm.schema import LATEST_VERSION, MIGRATIONS
+from pvsd.farm.snapshot import FarmSnapshot
 from pvsd.farm.versions import (
     boot_version,
     check_promote,
@@ -64,11 +66,14 @@ from pvsd.farm.versions import (
 from pvsd.names import check_name
 from pvsd.net.mac import parse_mac
 
-__all__ = ["UNSET", "FarmStore", "Unset", "backend_for", "init_farm", "open_store"]
+__all__ = ["OFFLINE_SESSION_BASE", "UNSET", "FarmStore", "Unset", "backend_for", "init_farm", "open_store"]
 
 T = TypeVar("T")
 
 SECTOR_SIZES = (512, 4096)
+# Sessions opened from the offline snapshot take ids from here up (random, 62 bits): no server
+# can ask the farm for the next id then, and the farm's own ids never come near them.
+OFFLINE_SESSION_BASE = 1 << 62
 
 
 class Unset(enum.Enum):
@@ -256,6 +261,9 @@ class FarmStore:
 
     def create_farm(self, name: str) -> tuple[Farm, bool]:
         def work(cursor: Cursor) -> bool:
+            # Three servers of a fresh compose farm run `farm init` at once: one makes the farm,
+            # the others wait here and find it made, instead of failing on its primary key.
+            self.backend.lock_schema(cursor)
             if self._one(cursor, "SELECT 1 FROM farm") is not None:
                 return False
             self._exec(
@@ -1546,6 +1554,120 @@ class FarmStore:
     def list_sessions(self) -> list[Session]:
         rows = self._run(False, lambda cursor: self._all(cursor, _SESSION_SELECT + " ORDER BY d.name"))
         return [Session(*row) for row in rows]
+
+    # -- the offline snapshot and what was queued while the database was down -----------------------
+
+    def snapshot(self, active_within: float) -> FarmSnapshot:
+        """Everything booting needs, read in one transaction (pvsd/farm/snapshot.py)."""
+
+        def work(cursor: Cursor) -> FarmSnapshot:
+            farm = None
+            if self.backend.has_table(cursor, "farm"):
+                farm = self._one(cursor, "SELECT name, secret, created_at FROM farm")
+            if farm is None:
+                raise FarmNotInitialised(f"no farm in {self.url}: run `pvsd farm init` first")
+            version = int(self._one(cursor, "SELECT MAX(version) FROM schema_migrations")[0])
+            now, audit_high = self._one(cursor, "SELECT {now}, (SELECT MAX(id) FROM audit)")
+            sessions = self._all(
+                cursor, _SESSION_SELECT + " WHERE {now} - se.last_seen <= ?", (active_within,)
+            )
+            sites = self._all(cursor, "SELECT name, description, created_at FROM sites ORDER BY name")
+            return FarmSnapshot(
+                farm=Farm(name=farm[0], secret=farm[1], created_at=farm[2], schema_version=version),
+                taken_at=float(now),
+                audit_high=int(audit_high or 0),
+                devices=tuple(_device(row) for row in self._all(cursor, _DEVICE_SELECT + " ORDER BY d.name")),
+                vdisks=tuple(self._vdisks_in(cursor, None)),
+                replicas=tuple(self._replicas_in(cursor, None)),
+                servers=tuple(self._servers_in(cursor)),
+                sessions=tuple(Session(*row) for row in sessions),
+                sites=tuple(Site(*row) for row in sites),
+            )
+
+        return self._run(False, work)
+
+    def write_offline(self, records: Sequence[OfflineRecord]) -> int:
+        """Write what a server queued during an outage, in order, in one transaction. A record
+        whose event key the audit log has already is skipped (written before a crash). Returns
+        how many were new. A device removed meanwhile keeps only the audit entry; a session that
+        a later login replaced is not brought back."""
+
+        def work(cursor: Cursor) -> int:
+            new = 0
+            for record in records:
+                detail = json.dumps(
+                    {
+                        "server": record.server,
+                        "io_port": record.io_port,
+                        "session": record.session,
+                        "version": record.version,
+                        "offline": True,
+                    },
+                    sort_keys=True,
+                )
+                added = self._exec(
+                    cursor,
+                    "INSERT INTO audit (at, actor, action, subject, detail, event) VALUES (?, ?, ?, ?, ?, ?) "
+                    "ON CONFLICT (event) DO NOTHING",
+                    (
+                        record.at,
+                        record.actor,
+                        str(record.kind),
+                        record.mac or f"session {record.session}",
+                        detail,
+                        record.event,
+                    ),
+                ).rowcount
+                if not added:
+                    continue
+                new += 1
+                self._apply_offline_in(cursor, record)
+            if self.backend.kind == "sqlite":
+                # Offline session ids are drawn far above the ones the farm counts out; SQLite's
+                # AUTOINCREMENT would carry on from them, so its counter is put back.
+                self._exec(
+                    cursor,
+                    "UPDATE sqlite_sequence SET seq = (SELECT COALESCE(MAX(id), 0) FROM sessions "
+                    "WHERE id < ?) WHERE name = 'sessions'",
+                    (OFFLINE_SESSION_BASE,),
+                )
+            return new
+
+        return self._run(True, work)
+
+    def _apply_offline_in(self, cursor: Cursor, record: OfflineRecord) -> None:
+        if record.kind is RecordKind.SESSION_CLOSE:
+            self._exec(
+                cursor,
+                "DELETE FROM sessions WHERE id = ? AND server_id = (SELECT id FROM servers WHERE name = ?)",
+                (record.session, record.server),
+            )
+            return
+        ids = self._one(
+            cursor,
+            "SELECT (SELECT id FROM devices WHERE mac = ?), (SELECT id FROM servers WHERE name = ?)",
+            (record.mac, record.server),
+        )
+        device_id, server_id = ids[0], ids[1]
+        if device_id is None or server_id is None:
+            return  # removed meanwhile: the audit entry says what happened
+        current = self._one(cursor, "SELECT id, since FROM sessions WHERE device_id = ?", (device_id,))
+        if current is not None and int(current[0]) == record.session:
+            self._exec(
+                cursor,
+                "UPDATE sessions SET server_id = ?, io_port = ?, last_seen = {now} WHERE id = ?",
+                (server_id, record.io_port, record.session),
+            )
+            return
+        if current is not None and float(current[1]) > record.at:
+            return  # the device logged in again since: its newer session stands
+        self._exec(cursor, "DELETE FROM sessions WHERE device_id = ? OR id = ?", (device_id, record.session))
+        self._exec(
+            cursor,
+            "INSERT INTO sessions (id, device_id, server_id, io_port, since, last_seen, vdisk, version) "
+            "VALUES (?, ?, ?, ?, ?, {now}, ?, ?)",
+            (record.session, device_id, server_id, record.io_port, record.at, record.vdisk, record.version),
+        )
 
     # -- audit --------------------------------------------------------------------------------------
 

@@ -20,7 +20,7 @@ import contextlib
 import dataclasses
 import ipaddress
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -30,13 +30,18 @@ import structlog
 from pvsd.config import Config
 from pvsd.errors import BadInput
 from pvsd.farm.errors import StoreError, StoreUnavailable
-from pvsd.farm.records import FarmView, Server, ServerState
+from pvsd.farm.offline import OfflineFarm
+from pvsd.farm.offline_queue import OfflineRecord, RecordKind, new_event_key
+from pvsd.farm.records import AccessMode, FarmView, Load, Server, ServerState
+from pvsd.farm.snapshot import FarmSnapshot
 from pvsd.farm.store import FarmStore
+from pvsd.farm.versions import writes_version
 from pvsd.lograte import REFUSAL_LOG_INTERVAL_S, LogRate
 from pvsd.net.mac import parse_mac
 from pvsd.net.reader import DecodeError
 from pvsd.net.udp import Address, UdpEndpoint
 from pvsd.stream.admission import Grant, decide_login, place_resumed
+from pvsd.stream.peer_heartbeat import is_peer_heartbeat
 from pvsd.stream.placement import Affinity, Placement
 from pvsd.stream.ticket import Claims, issue_ticket, verify_ticket
 from pvsd.stream.wire import (
@@ -107,6 +112,8 @@ class LoginServer:
         live_servers: Callable[[], list[Server]],
         workers: LocalWorkers,
         log: structlog.stdlib.BoundLogger,
+        offline: OfflineFarm | None = None,
+        peer_loads: Callable[[str], Mapping[int, int] | None] | None = None,
     ) -> None:
         self.config = config
         self.store = store
@@ -114,6 +121,13 @@ class LoginServer:
         self.live_servers = live_servers
         self.workers = workers
         self.log = log
+        self.offline = offline
+        """The farm snapshot and the queue: fresh logins of known devices while the database is down."""
+        self.peer_loads = peer_loads
+        """The load another server last reported directly (its UDP heartbeat), or None."""
+        self.on_peer_datagram: Callable[[bytes, Address], None] | None = None
+        # (when, server, port) of logins granted from the snapshot lately, not yet in any load
+        self._offline_grants: list[tuple[float, str, int]] = []
         self.stats = LoginStats()
         self.endpoint: UdpEndpoint | None = None
         # (peer, request id, MAC, ticket) -> (when, our answer or None while working on it)
@@ -150,6 +164,10 @@ class LoginServer:
     # -- the request path -----------------------------------------------------------------------------
 
     def datagram_received(self, data: bytes, peer: Address) -> None:
+        if is_peer_heartbeat(data):
+            if self.on_peer_datagram is not None:
+                self.on_peer_datagram(data, peer)
+            return
         if is_server_message(data):
             # Never answered: a spoofed source would set two servers answering each other.
             self.stats.reflected += 1
@@ -307,14 +325,21 @@ class LoginServer:
             decided.append(grant)
             return placement.server.name, placement.io_port
 
-        result = await asyncio.to_thread(
-            self.store.fresh_login,
-            pending.login.mac,
-            active_within=self.config.stream.idle_timeout + 2 * farm.heartbeat_interval,
-            auto_add=farm.auto_add,
-            template=farm.auto_add_template,
-            choose=choose,
-        )
+        if self.offline is not None and not self.offline.usable():
+            return self._offline_login(pending, log, self.offline.reason)
+        try:
+            result = await asyncio.to_thread(
+                self.store.fresh_login,
+                pending.login.mac,
+                active_within=self.config.stream.idle_timeout + 2 * farm.heartbeat_interval,
+                auto_add=farm.auto_add,
+                template=farm.auto_add_template,
+                choose=choose,
+            )
+        except StoreUnavailable as error:
+            if self.offline is None:
+                raise
+            return self._offline_login(pending, log, str(error))
         if result.added:
             if not result.template_found:
                 log.warning(
@@ -330,9 +355,20 @@ class LoginServer:
             raise refused[0]
         if not decided or result.session is None:
             raise StreamRefusal(ErrorCode.SERVER_BUSY, "the login was not decided")
-        grant, session = decided[0], result.session
+        device = result.view.device.name if result.view.device else None
+        return self._granted(pending, decided[0], result.session.id, device, log, "login granted")
+
+    def _granted(
+        self,
+        pending: _Pending,
+        grant: Grant,
+        session: int,
+        device: str | None,
+        log: structlog.stdlib.BoundLogger,
+        event: str,
+    ) -> bytes:
         placement = grant.placement
-        if placement.server.name == here:
+        if placement.server.name == self.config.server.name:
             self.workers.assign(placement.io_port)
         now_ms = int(time.time() * 1000)
         claims = Claims(
@@ -341,7 +377,7 @@ class LoginServer:
             version=grant.version.number,
             private=grant.private,
             cache=grant.cache,
-            session=session.id,
+            session=session,
             issued_ms=now_ms,
             expires_ms=now_ms + int(self.config.login.ticket_lifetime * 1000),
             disk_size=grant.vdisk.size,
@@ -349,16 +385,109 @@ class LoginServer:
         )
         self.stats.granted += 1
         log.info(
-            "login granted",
-            device=result.view.device.name if result.view.device else None,
+            event,
+            device=device,
             vdisk=claims.vdisk,
             version=claims.version,
             serving=placement.server.name,  # `server` is bound to the one that logs the line
             io=f"{placement.server.address}:{placement.io_port}",
-            session=session.id,
+            session=session,
             why=placement.reason,
         )
         return self._reply(pending, claims, placement, pending.size)
+
+    # -- fresh logins while the farm database is down -------------------------------------------------
+
+    def _offline_login(self, pending: _Pending, log: structlog.stdlib.BoundLogger, reason: str) -> bytes:
+        """A known device logs in from the farm snapshot: placed by the servers heard alive and
+        their last-known load; its session record waits in the queue for the database."""
+        assert self.offline is not None
+        mac = pending.login.mac
+        snapshot = self.offline.snapshot
+        if snapshot is None:
+            raise StreamRefusal(
+                ErrorCode.DATABASE_UNAVAILABLE,
+                f"the farm database is unreachable and this server has no snapshot of the farm: {reason}",
+            )
+        device = snapshot.device(mac)
+        if device is None:
+            raise StreamRefusal(
+                ErrorCode.DATABASE_UNAVAILABLE,
+                f"{mac} is not a device of the farm as last read, and the farm database is unreachable: "
+                "only known devices boot while it is down ([farm] auto_add waits for it)",
+            )
+        vdisk = snapshot.vdisk(device.vdisk) if device.vdisk else None
+        if vdisk is not None and writes_version(vdisk, device.type) is not None:
+            raise StreamRefusal(
+                ErrorCode.DATABASE_UNAVAILABLE,
+                "a maintenance version's write lock is kept in the farm database, which is unreachable",
+            )
+        private = vdisk is not None and vdisk.mode is AccessMode.PRIVATE
+        view = FarmView(
+            device=device,
+            vdisk=vdisk,
+            servers=self._servers(),
+            replicas=snapshot.replicas_of(vdisk.name) if vdisk else [],
+            load=self._offline_load(snapshot, mac),
+            holders=[
+                s for s in snapshot.sessions if private and vdisk and s.vdisk == vdisk.name and s.mac != mac
+            ],
+        )
+        grant = decide_login(
+            mac,
+            view,
+            target=ipaddress.IPv4Address(pending.peer[0]),
+            dead_after=self.config.farm.dead_after,
+            affinity=Affinity(self.config.login.affinity),
+            prefix=self.config.login.affinity_prefix,
+        )
+        placement = grant.placement
+        local = self.workers.port_loads()
+        if placement.server.name == self.config.server.name and local:
+            grant = dataclasses.replace(
+                grant, placement=dataclasses.replace(placement, io_port=_least_loaded(local))
+            )
+            placement = grant.placement
+        session = self.offline.new_session_id()
+        self.offline.record(
+            OfflineRecord(
+                event=new_event_key(self.config.server.name),
+                kind=RecordKind.SESSION_OPEN,
+                at=time.time(),
+                actor=self.store.actor,
+                mac=mac,
+                server=placement.server.name,
+                session=session,
+                io_port=placement.io_port,
+                vdisk=grant.vdisk.name,
+                version=grant.version.number,
+            )
+        )
+        self._offline_grants.append((time.monotonic(), placement.server.name, placement.io_port))
+        return self._granted(
+            pending, grant, session, device.name, log, "login granted from the farm snapshot (database down)"
+        )
+
+    def _offline_load(self, snapshot: FarmSnapshot, mac: str) -> Load:
+        """Sessions per server and port: this server's own workers, what the others last said
+        directly, else what the snapshot saw; plus what this server granted them lately."""
+        recorded = snapshot.load(exclude_mac=mac)
+        here = self.config.server.name
+        per_port: dict[tuple[str, int], int] = {}
+        for server in self._servers():
+            heard = self.peer_loads(server.name) if self.peer_loads is not None else None
+            if server.name == here:
+                heard = self.workers.port_loads()
+            if heard is not None:
+                per_port.update({(server.name, port): count for port, count in heard.items()})
+            else:
+                per_port.update({key: n for key, n in recorded.per_port.items() if key[0] == server.name})
+        horizon = time.monotonic() - 2 * self.config.farm.heartbeat_interval
+        self._offline_grants = [grant for grant in self._offline_grants if grant[0] >= horizon]
+        for _, server_name, port in self._offline_grants:
+            if server_name != here:  # this server's own are counted by workers.assign
+                per_port[(server_name, port)] = per_port.get((server_name, port), 0) + 1
+        return Load(per_port)
 
     # -- targets coming back with a ticket ------------------------------------------------------------
 
@@ -454,6 +583,28 @@ class LoginServer:
                 port,
                 claims.vdisk,
                 claims.version,
+            )
+        except StoreUnavailable as error:
+            if self.offline is None:
+                log.warning(
+                    "session moved here but not recorded in the farm store",
+                    session=claims.session,
+                    error=str(error),
+                )
+                return
+            self.offline.record(
+                OfflineRecord(
+                    event=new_event_key(self.config.server.name),
+                    kind=RecordKind.SESSION_MOVE,
+                    at=time.time(),
+                    actor=self.store.actor,
+                    mac=claims.mac,
+                    server=server,
+                    session=claims.session,
+                    io_port=port,
+                    vdisk=claims.vdisk,
+                    version=claims.version,
+                )
             )
         except StoreError as error:
             log.warning(

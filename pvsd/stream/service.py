@@ -8,17 +8,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from pathlib import Path
 
 import structlog
 
 from pvsd.config import Config
-from pvsd.farm.errors import StoreError
+from pvsd.farm.errors import StoreError, StoreUnavailable
 from pvsd.farm.membership import Membership
+from pvsd.farm.offline import OfflineFarm
+from pvsd.farm.offline_queue import OfflineRecord, RecordKind, new_event_key
 from pvsd.farm.records import Server, ServerHealth
-from pvsd.farm.store import FarmStore
+from pvsd.farm.store import OFFLINE_SESSION_BASE, FarmStore
+from pvsd.net.udp import Address
 from pvsd.stream.io import IoSettings
 from pvsd.stream.login import LoginServer
+from pvsd.stream.peers import PeerLink
 from pvsd.stream.workers import StreamWorkers, stream_worker_count
 from pvsd.vdisk.replicas import ReplicaScanner
 
@@ -40,11 +45,13 @@ class StreamService:
         secret: str,
         membership: Membership,
         log: structlog.stdlib.BoundLogger,
+        offline: OfflineFarm | None = None,
     ) -> None:
         self.config = config
         self.store = store
         self.membership = membership
         self.log = log
+        self.offline = offline
         folder = Path(config.server.store).resolve()
         cache_dir = Path(config.stream.cache_dir).resolve()
         self.settings = IoSettings(
@@ -65,8 +72,12 @@ class StreamService:
             on_closed=self._session_closed,
         )
         self.login: LoginServer | None = None
+        self.peers: PeerLink | None = None
         self._stamper: asyncio.Task[None] | None = None
         self._closing: set[asyncio.Task[None]] = set()
+        # Sessions opened from the offline snapshot that the farm has since been seen to know:
+        # until then the farm not knowing one means "not written yet", not "ended".
+        self._offline_known: set[int] = set()
 
     async def start(self) -> None:
         try:
@@ -99,12 +110,29 @@ class StreamService:
                 live_servers,
                 self.workers,
                 self.log.bind(service="login"),
+                offline=self.offline,
             )
             try:
                 await self.login.start()
             except OSError as error:
                 await self.workers.close()
                 raise OSError(error.errno, f"login port {self.config.login.port}: {error.strerror}") from None
+            login = self.login
+
+            def send(data: bytes, peer: Address) -> None:
+                if login.endpoint is not None:
+                    login.endpoint.send(data, peer)
+
+            self.peers = PeerLink(
+                self.settings.secret,
+                self.membership,
+                self.workers.port_loads,
+                send,
+                self.log.bind(service="peers"),
+            )
+            login.on_peer_datagram = self.peers.datagram_received
+            login.peer_loads = self.peers.peer_loads
+            self.peers.start()
         self._stamper = asyncio.create_task(self._stamp_sessions(), name="session-stamps")
 
     def _session_closed(self, session_id: int) -> None:
@@ -115,6 +143,19 @@ class StreamService:
     async def _close_in_store(self, session_id: int) -> None:
         try:
             await asyncio.to_thread(self.store.close_session, session_id, self.config.server.name)
+        except StoreUnavailable:
+            if self.offline is not None:
+                self.offline.record(
+                    OfflineRecord(
+                        event=new_event_key(self.config.server.name),
+                        kind=RecordKind.SESSION_CLOSE,
+                        at=time.time(),
+                        actor=self.store.actor,
+                        mac="",
+                        server=self.config.server.name,
+                        session=session_id,
+                    )
+                )
         except StoreError as error:
             self.log.warning(
                 "ended session not closed in the farm store", session=session_id, error=str(error)
@@ -124,10 +165,15 @@ class StreamService:
         """Keep `last seen` of the sessions this server serves current in the farm store."""
         while True:
             await asyncio.sleep(self.config.farm.heartbeat_interval)
+            served = self.workers.session_ids()
             try:
-                ended = await asyncio.to_thread(self.store.touch_sessions, self.workers.session_ids())
+                ended = await asyncio.to_thread(self.store.touch_sessions, served)
             except StoreError:
                 continue
+            gone, confirmed = set(ended), self._offline_known
+            # An offline session the farm never knew is one whose record is still queued somewhere.
+            ended = [s for s in ended if s < OFFLINE_SESSION_BASE or s in confirmed]
+            self._offline_known = {s for s in served if s >= OFFLINE_SESSION_BASE and s not in gone}
             if ended:
                 # Ended in the farm (a vDisk removed with --force, a device removed): their
                 # targets' next request is refused, and they log in again or stop, saying why.
@@ -135,6 +181,8 @@ class StreamService:
                 self.workers.end_sessions(ended, "ended by the farm")
 
     async def close(self) -> None:
+        if self.peers is not None:
+            await self.peers.close()
         if self._stamper is not None:
             self._stamper.cancel()
             with contextlib.suppress(asyncio.CancelledError):

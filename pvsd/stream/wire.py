@@ -60,6 +60,7 @@ class MessageType(enum.IntEnum):
     FLUSH = 9
     KEEPALIVE = 10
     LOGOUT = 11
+    PEER_HEARTBEAT = 12  # server to server, signed (pvsd/stream/peer_heartbeat.py); never answered
 
 
 # What only a server sends. A server drops these unanswered (docs/protocol.md, "No reflection").
@@ -70,6 +71,7 @@ SERVER_MESSAGES = frozenset(
         MessageType.ERROR,
         MessageType.DATA,
         MessageType.WRITE_ACK,
+        MessageType.PEER_HEARTBEAT,
     )
 )
 

@@ -12,6 +12,7 @@ import socket
 import struct
 import time
 
+from pvsd.stream.wire import MessageType
 from support import needs
 
 Address = tuple[str, int]
@@ -34,8 +35,9 @@ def send_spoofed(source: Address, destination: Address, payload: bytes) -> None:
 
 
 class LoopbackSniffer:
-    """Every UDP datagram on `lo` from or to one of `ports`, as (source, destination, payload
-    length), in `seen`, collected while `drain` runs. Use it in a `with` block."""
+    """Every UDP datagram on `lo` from or to one of `ports` (but the servers' heartbeats to each
+    other), as (source, destination, payload length), in `seen`, collected while `drain` runs.
+    Use it in a `with` block."""
 
     def __init__(self, ports: set[int]) -> None:
         needs.root("packet sockets")
@@ -69,6 +71,9 @@ class LoopbackSniffer:
             return
         header = (ip[0] & 0x0F) * 4
         sport, dport, length, _ = _UDP.unpack(ip[header : header + 8])
+        payload = ip[header + 8 :]
+        if len(payload) > 3 and payload[3] == MessageType.PEER_HEARTBEAT:
+            return  # the servers' own heartbeats to each other, never answered: not traffic under test
         if sport in self.ports or dport in self.ports:
             source = (socket.inet_ntoa(ip[12:16]), sport)
             destination = (socket.inet_ntoa(ip[16:20]), dport)

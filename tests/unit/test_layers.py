@@ -24,6 +24,7 @@ PURE = {
     "pvsd.tftp.codec",
     "pvsd.tftp.session",
     "pvsd.stream.wire",
+    "pvsd.stream.peer_heartbeat",
     "pvsd.stream.ticket",
     "pvsd.stream.admission",
     "pvsd.stream.placement",
