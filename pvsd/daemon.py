@@ -116,6 +116,7 @@ async def serve(
             store,
             offline_folder(config),
             log.bind(service="offline"),
+            server=config.server.name,
             interval=config.farm.heartbeat_interval,
             active_within=config.stream.idle_timeout + 2 * config.farm.heartbeat_interval,
             trust_database=trust_database,

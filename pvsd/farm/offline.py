@@ -26,7 +26,7 @@ from typing import Any
 import structlog
 
 from pvsd.farm.errors import FarmNotInitialised, StoreError, StoreUnavailable
-from pvsd.farm.offline_queue import OfflineQueue, OfflineRecord
+from pvsd.farm.offline_queue import OfflineQueue, OfflineRecord, RecordKind, new_event_key
 from pvsd.farm.snapshot import FarmSnapshot, SnapshotError, read_snapshot, write_snapshot
 from pvsd.farm.store import OFFLINE_SESSION_BASE, FarmStore
 
@@ -48,11 +48,13 @@ class OfflineFarm:
         folder: Path,
         log: structlog.stdlib.BoundLogger,
         *,
+        server: str,
         interval: float,
         active_within: float,
         trust_database: bool = False,
     ) -> None:
         self.store = store
+        self.server = server
         self.folder = folder
         self.log = log
         self.interval = interval
@@ -245,8 +247,31 @@ class OfflineFarm:
 
     # -- logins during an outage --------------------------------------------------------------------
 
-    def record(self, record: OfflineRecord) -> None:
-        self.queue.append(record)
+    def record(
+        self,
+        kind: RecordKind,
+        mac: str,
+        server: str,
+        session: int,
+        io_port: int = 0,
+        vdisk: str | None = None,
+        version: int | None = None,
+    ) -> None:
+        """Queue a session record for the database, stamped now, with its own event key."""
+        self.queue.append(
+            OfflineRecord(
+                event=new_event_key(self.server),
+                kind=kind,
+                at=time.time(),
+                actor=self.store.actor,
+                mac=mac,
+                server=server,
+                session=session,
+                io_port=io_port,
+                vdisk=vdisk,
+                version=version,
+            )
+        )
 
     @staticmethod
     def new_session_id() -> int:

@@ -31,7 +31,7 @@ from pvsd.config import Config
 from pvsd.errors import BadInput
 from pvsd.farm.errors import StoreError, StoreUnavailable
 from pvsd.farm.offline import OfflineFarm
-from pvsd.farm.offline_queue import OfflineRecord, RecordKind, new_event_key
+from pvsd.farm.offline_queue import RecordKind
 from pvsd.farm.records import AccessMode, FarmView, Load, Server, ServerState
 from pvsd.farm.snapshot import FarmSnapshot
 from pvsd.farm.store import FarmStore
@@ -450,18 +450,13 @@ class LoginServer:
             placement = grant.placement
         session = self.offline.new_session_id()
         self.offline.record(
-            OfflineRecord(
-                event=new_event_key(self.config.server.name),
-                kind=RecordKind.SESSION_OPEN,
-                at=time.time(),
-                actor=self.store.actor,
-                mac=mac,
-                server=placement.server.name,
-                session=session,
-                io_port=placement.io_port,
-                vdisk=grant.vdisk.name,
-                version=grant.version.number,
-            )
+            RecordKind.SESSION_OPEN,
+            mac,
+            placement.server.name,
+            session,
+            placement.io_port,
+            grant.vdisk.name,
+            grant.version.number,
         )
         self._offline_grants.append((time.monotonic(), placement.server.name, placement.io_port))
         return self._granted(
@@ -593,18 +588,13 @@ class LoginServer:
                 )
                 return
             self.offline.record(
-                OfflineRecord(
-                    event=new_event_key(self.config.server.name),
-                    kind=RecordKind.SESSION_MOVE,
-                    at=time.time(),
-                    actor=self.store.actor,
-                    mac=claims.mac,
-                    server=server,
-                    session=claims.session,
-                    io_port=port,
-                    vdisk=claims.vdisk,
-                    version=claims.version,
-                )
+                RecordKind.SESSION_MOVE,
+                claims.mac,
+                server,
+                claims.session,
+                port,
+                claims.vdisk,
+                claims.version,
             )
         except StoreError as error:
             log.warning(

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from pathlib import Path
 
 import structlog
@@ -17,7 +16,7 @@ from pvsd.config import Config
 from pvsd.farm.errors import StoreError, StoreUnavailable
 from pvsd.farm.membership import Membership
 from pvsd.farm.offline import OfflineFarm
-from pvsd.farm.offline_queue import OfflineRecord, RecordKind, new_event_key
+from pvsd.farm.offline_queue import RecordKind
 from pvsd.farm.records import Server, ServerHealth
 from pvsd.farm.store import OFFLINE_SESSION_BASE, FarmStore
 from pvsd.net.udp import Address
@@ -145,17 +144,7 @@ class StreamService:
             await asyncio.to_thread(self.store.close_session, session_id, self.config.server.name)
         except StoreUnavailable:
             if self.offline is not None:
-                self.offline.record(
-                    OfflineRecord(
-                        event=new_event_key(self.config.server.name),
-                        kind=RecordKind.SESSION_CLOSE,
-                        at=time.time(),
-                        actor=self.store.actor,
-                        mac="",
-                        server=self.config.server.name,
-                        session=session_id,
-                    )
-                )
+                self.offline.record(RecordKind.SESSION_CLOSE, "", self.config.server.name, session_id)
         except StoreError as error:
             self.log.warning(
                 "ended session not closed in the farm store", session=session_id, error=str(error)
