@@ -7,9 +7,9 @@ BIN    := $(VENV)/bin
 PVSD   := $(BIN)/pvsd
 
 # Debian packages the tests drive for real (PostgreSQL is started by the tests themselves).
-DEBIAN_PACKAGES := postgresql atftp tftp-hpa tftpd-hpa dnsmasq-base curl kea-admin qemu-system-x86 ipxe-qemu ipxe ovmf radvd iproute2 linux-image-amd64 busybox-static nasm e2fsprogs libnbd-bin qemu-utils faketime xorriso isolinux syslinux-common cpio fdisk grub-efi-amd64-bin dosfstools mtools
+DEBIAN_PACKAGES := postgresql atftp tftp-hpa tftpd-hpa dnsmasq-base curl kea-admin qemu-system-x86 ipxe-qemu ipxe ovmf radvd iproute2 linux-image-amd64 busybox-static nasm e2fsprogs libnbd-bin qemu-utils faketime xorriso isolinux syslinux-common cpio fdisk grub-efi-amd64-bin dosfstools mtools docker.io docker-compose debootstrap
 
-.PHONY: test demo lint typecheck pytest debian-deps clean bench-tftp bench-dhcp bench-stream bench-target bench-login bench-netboot bench-replication
+.PHONY: test demo lint typecheck pytest debian-deps clean bench-tftp bench-dhcp bench-stream bench-target bench-login bench-netboot bench-replication images
 
 $(BIN)/python:
 	@scripts/install-debian-deps python-venv
@@ -24,8 +24,8 @@ debian-deps:
 	@scripts/install-debian-deps $(DEBIAN_PACKAGES)
 
 lint: $(VENV)/.installed
-	$(BIN)/ruff check pvsd tests bench scripts
-	$(BIN)/ruff format --check pvsd tests bench scripts
+	$(BIN)/ruff check pvsd tests bench scripts conf
+	$(BIN)/ruff format --check pvsd tests bench scripts conf
 
 typecheck: $(VENV)/.installed
 	$(BIN)/mypy
@@ -71,6 +71,11 @@ bench-replication: $(VENV)/.installed debian-deps
 
 bench-netboot: $(VENV)/.installed debian-deps
 	$(BIN)/python bench/netboot.py
+
+# The compose farm (docker-compose.yml) on a machine with no image registry: a Docker engine,
+# the debian:bookworm-slim base built with debootstrap, and the farm's image.
+images:
+	@scripts/images.sh
 
 clean:
 	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache .hypothesis

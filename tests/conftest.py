@@ -39,6 +39,12 @@ def farm_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return cluster.create_database(f"farm_{uuid.uuid4().hex[:12]}")
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The compose farm's test runs last: the Docker engine it starts changes the host's firewall
+    (tests/support/compose.py puts it back), and its load would slow every test beside it."""
+    items.sort(key=lambda item: item.get_closest_marker("compose") is not None)
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
     """Under CI=true nothing skips (support/needs.py): a skip there would hide a broken machine."""
