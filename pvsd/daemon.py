@@ -26,6 +26,7 @@ from pvsd.boot.resolvers import VersionFiles
 from pvsd.config import Config, ConfigError
 from pvsd.dhcp.server import DhcpServer, boot_policy
 from pvsd.errors import Failure, PvsdError
+from pvsd.farm.changes import ChangeFeed
 from pvsd.farm.devices import DeviceView
 from pvsd.farm.errors import StoreUnavailable
 from pvsd.farm.membership import Membership
@@ -58,6 +59,14 @@ def advertised_ports(config: Config) -> dict[str, int]:
         "stream_last": io_ports[-1],
         "api": config.api.port,
     }
+
+
+# Which farm changes (audit actions, pvsd/farm/changes.py) each part of a server reads at once.
+# Sessions are left to the periodic refreshes: one login must not make every server re-read.
+DEVICE_CHANGES = ("device.", "vdisk.", "replica.", "site.")
+SERVER_CHANGES = ("server.",)
+VERSION_CHANGES = ("vdisk.", "replica.", "server.")
+SNAPSHOT_CHANGES = ("device.", "vdisk.", "replica.", "server.", "site.", "farm.")
 
 
 async def serve(
@@ -132,11 +141,17 @@ async def serve(
             this = _this_server(config, membership)
             farm = snapshot.farm
         services: list[Service] = [offline]
+        changes = ChangeFeed(config.farm.database, log.bind(service="changes"))
+        changes.subscribe("servers", SERVER_CHANGES, membership.changed)
+        changes.subscribe("snapshot", SNAPSHOT_CHANGES, offline.changed)
         try:
             await offline.start()
             services += await _start_services(
-                config, farm.name, farm.secret, this, membership, offline, log, reloads
+                config, farm.name, farm.secret, this, membership, offline, changes, log, reloads
             )
+            # Last in, so closed first: no refresh starts while the services close.
+            await changes.start()
+            services.append(changes)
             if drop_privileges(config.server.user):
                 log.info("switched user after binding", user=config.server.user)
             log.info(
@@ -222,6 +237,7 @@ async def _start_services(
     this: Server,
     membership: Membership,
     offline: OfflineFarm,
+    changes: ChangeFeed,
     log: structlog.stdlib.BoundLogger,
     reloads: list[Callable[[], None]],
 ) -> list[Service]:
@@ -233,6 +249,7 @@ async def _start_services(
         devices.devices = {device.mac: device for device in offline.snapshot.devices}
         devices.vdisks = {vdisk.name: vdisk for vdisk in offline.snapshot.vdisks}
     services: list[Service] = [devices]
+    changes.subscribe("devices", DEVICE_CHANGES, devices.refresh)
     try:
         template = _device_template(config)
         await devices.start()
@@ -266,6 +283,7 @@ async def _start_services(
             replicator = Replicator(config, membership, log.bind(service="replication"))
             await replicator.start()
             services.append(replicator)
+            changes.subscribe("replication", VERSION_CHANGES, replicator.changed)
     except BaseException:
         for service in reversed(services):
             await service.close()

@@ -1,4 +1,5 @@
-"""The farm's devices as this server last read them, refreshed every heartbeat interval.
+"""The farm's devices as this server last read them, refreshed every heartbeat interval and
+at once when the farm says a device or a vDisk changed (pvsd/farm/changes.py).
 
 Proxy DHCP asks it whether a MAC is known, and the boot files follow it. When the
 database is unreachable the last view stays in force.

@@ -13,6 +13,7 @@ __all__ = [
     "SchemaMismatch",
     "StoreError",
     "StoreUnavailable",
+    "first_line",
 ]
 
 
@@ -46,3 +47,9 @@ class AlreadyExists(StoreError, BadInput):
 
 class Conflict(StoreError, BadInput):
     """The change contradicts the farm's current state (an alive server, an assigned vDisk...)."""
+
+
+def first_line(error: BaseException) -> str:
+    """A driver's error, told in one line (drivers add detail lines and hints below)."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

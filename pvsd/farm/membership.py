@@ -168,6 +168,15 @@ class Membership:
             return
         self._view, self._view_read_at = self._heartbeats.observe(view, now), now
 
+    async def changed(self) -> None:
+        """A server joined, stopped or was removed (pvsd/farm/changes.py): read the farm's
+        servers now, and tell the watchers, rather than at the next heartbeat."""
+        now = asyncio.get_running_loop().time()
+        await self.refresh(now)
+        view = self.known_servers(now)
+        for watcher in self.watchers:
+            watcher(view)
+
     async def run(self) -> None:
         """Heartbeat until cancelled; raises MembershipLost if another process takes the name."""
         loop = asyncio.get_running_loop()

@@ -90,8 +90,8 @@ class OfflineFarm:
         await self.refresh()
         self._task = asyncio.get_running_loop().create_task(self._run(), name="farm-snapshot")
 
-    def changed(self) -> None:
-        """Something changed in the farm (a notification): refresh now rather than at the next tick."""
+    async def changed(self) -> None:
+        """Something changed in the farm (pvsd/farm/changes.py): refresh now rather than at the next tick."""
         self._wake.set()
 
     async def _run(self) -> None:

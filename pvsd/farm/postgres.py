@@ -9,7 +9,7 @@ import psycopg
 
 from pvsd.errors import Misuse
 from pvsd.farm.backend import Connection, Cursor, redact_url
-from pvsd.farm.errors import StoreUnavailable
+from pvsd.farm.errors import StoreUnavailable, first_line
 
 __all__ = ["PostgresBackend"]
 
@@ -17,6 +17,8 @@ __all__ = ["PostgresBackend"]
 CONNECT_TIMEOUT_S = 5
 # Any fixed number shared by all pvsd processes: the advisory lock serialising migrations.
 SCHEMA_LOCK_KEY = 0x70767364  # "pvsd"
+# The LISTEN/NOTIFY channel of farm changes (pvsd/farm/changes.py).
+CHANGES_CHANNEL = "pvsd_farm"
 
 
 class PostgresBackend:
@@ -30,7 +32,7 @@ class PostgresBackend:
         try:
             return psycopg.connect(self.url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S)
         except psycopg.Error as error:
-            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            reason = first_line(error)
             raise StoreUnavailable(f"cannot reach farm database {self.display_url}: {reason}") from error
 
     @contextmanager
@@ -57,6 +59,10 @@ class PostgresBackend:
 
     def lock_schema(self, cursor: Cursor) -> None:
         cursor.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK_KEY,))
+
+    def notify_change(self, cursor: Cursor, action: str) -> None:
+        # Delivered at commit, once per distinct action of the transaction.
+        cursor.execute("SELECT pg_notify(%s, %s)", (CHANGES_CHANNEL, action))
 
     def is_integrity_error(self, error: BaseException) -> bool:
         return isinstance(error, psycopg.errors.IntegrityError)

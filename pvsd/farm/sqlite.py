@@ -125,6 +125,9 @@ class SqliteBackend:
     def lock_schema(self, cursor: Cursor) -> None:
         """BEGIN IMMEDIATE already holds the database's single write lock."""
 
+    def notify_change(self, cursor: Cursor, action: str) -> None:
+        """One host: its servers poll the file; there is no one to notify."""
+
     def is_integrity_error(self, error: BaseException) -> bool:
         return isinstance(error, sqlite3.IntegrityError)
 

@@ -3,7 +3,9 @@
 Methods are synchronous and thread-safe (one connection, one lock); the asyncio side
 calls them through `asyncio.to_thread`. Every change writes an audit entry in the same
 transaction; heartbeats and session keepalives are not changes and are not audited.
-A lost connection raises StoreUnavailable and is reopened by the next call.
+A lost connection raises StoreUnavailable and is reopened by a later call, with backoff
+(pvsd/farm/reconnect.py): between attempts calls fail at once instead of each waiting out a
+connect timeout.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import enum
 import json
 import secrets
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
@@ -27,8 +30,10 @@ from pvsd.farm.errors import (
     SchemaMismatch,
     StoreError,
     StoreUnavailable,
+    first_line,
 )
 from pvsd.farm.offline_queue import OfflineRecord, RecordKind
+from pvsd.farm.reconnect import Reconnect
 from pvsd.farm.records import (
     AccessMode,
     AuditEntry,
@@ -138,12 +143,21 @@ def init_farm(url: str, name: str, actor: str) -> tuple[FarmStore, Farm, bool]:
 
 
 class FarmStore:
-    def __init__(self, backend: Backend, actor: str, create: bool = False) -> None:
+    def __init__(
+        self,
+        backend: Backend,
+        actor: str,
+        create: bool = False,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.backend = backend
         self.actor = actor
         self._create = create
         self._connection: Connection | None = None
         self._lock = threading.Lock()
+        self._clock = clock
+        self._reconnect = Reconnect()
+        self._unavailable = ""
 
     @property
     def url(self) -> str:
@@ -162,10 +176,23 @@ class FarmStore:
                 self._connection.close()
             self._connection = None
 
+    def _connect(self) -> Connection:
+        now = self._clock()
+        if not self._reconnect.may_try(now):
+            raise StoreUnavailable(f"{self._unavailable} (next try in {self._reconnect.wait_s(now):.1f} s)")
+        try:
+            connection = self.backend.connect(create=self._create)
+        except StoreUnavailable as error:
+            self._reconnect.failed(now)
+            self._unavailable = str(error)
+            raise
+        self._reconnect.succeeded()
+        return connection
+
     def _run(self, write: bool, work: Callable[[Cursor], T]) -> T:
         with self._lock:
             if self._connection is None:
-                self._connection = self.backend.connect(create=self._create)
+                self._connection = self._connect()
             try:
                 with self.backend.transaction(self._connection, write) as cursor:
                     return work(cursor)
@@ -173,12 +200,12 @@ class FarmStore:
                 raise
             except Exception as error:
                 if self.backend.is_integrity_error(error):
-                    raise Conflict(f"the farm refused the change: {_first_line(error)}") from error
+                    raise Conflict(f"the farm refused the change: {first_line(error)}") from error
                 if self.backend.is_unavailable_error(error):
                     self._drop_connection()
-                    raise StoreUnavailable(
-                        f"farm database {self.url} unavailable: {_first_line(error)}"
-                    ) from error
+                    self._unavailable = f"farm database {self.url} unavailable: {first_line(error)}"
+                    self._reconnect.failed(self._clock())
+                    raise StoreUnavailable(self._unavailable) from error
                 raise
 
     def _exec(self, cursor: Cursor, sql: str, params: Sequence[Any] = ()) -> Cursor:
@@ -197,6 +224,7 @@ class FarmStore:
             "INSERT INTO audit (at, actor, action, subject, detail) VALUES ({now}, ?, ?, ?, ?)",
             (self.actor, action, subject, json.dumps(detail, sort_keys=True, default=str)),
         )
+        self.backend.notify_change(cursor, action)
 
     def _id(self, cursor: Cursor, table: str, column: str, value: str, kind: str) -> int:
         row = self._one(cursor, f"SELECT id FROM {table} WHERE {column} = ?", (value,))
@@ -1731,8 +1759,3 @@ def _too_new(version: int, url: str) -> SchemaMismatch:
         f"farm {url} has schema version {version}, newer than this pvsd knows "
         f"({LATEST_VERSION}): upgrade pvsd"
     )
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__

@@ -54,6 +54,7 @@ class Replicator:
         self._told: set[tuple[str, int, str]] = set()
         # One cap for every pull of this server: pulls run one at a time.
         self.rate = RateLimit(config.replication.max_rate_mbit * 1e6 / 8)
+        self._wake = asyncio.Event()
 
     async def start(self) -> None:
         self._tasks = [
@@ -68,15 +69,30 @@ class Replicator:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
+    async def changed(self) -> None:
+        """A version or replica changed in the farm (pvsd/farm/changes.py): look now."""
+        self._wake.set()
+
     async def _run(self) -> None:
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=30)
+        store_down = False
         async with aiohttp.ClientSession(timeout=timeout) as session:
             while True:
+                self._wake.clear()
                 try:
                     await self.look(session)
                 except StoreError as error:
-                    self.log.warning("replication skipped: the farm store is unreachable", error=str(error))
-                await asyncio.sleep(self.config.replication.interval_s)
+                    if not store_down:  # said once per outage, not every interval
+                        self.log.warning(
+                            "replication paused: the farm store is unreachable", error=str(error)
+                        )
+                    store_down = True
+                else:
+                    if store_down:
+                        self.log.info("replication resumed: the farm store is reachable again")
+                    store_down = False
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self.config.replication.interval_s)
 
     async def look(self, session: aiohttp.ClientSession) -> None:
         """Pull each version this server lacks, one after the other."""

@@ -25,6 +25,7 @@ PURE = {
     "pvsd.tftp.session",
     "pvsd.stream.wire",
     "pvsd.stream.peer_heartbeat",
+    "pvsd.farm.reconnect",
     "pvsd.stream.ticket",
     "pvsd.stream.admission",
     "pvsd.stream.placement",

@@ -298,3 +298,36 @@ def test_concurrent_writers_from_threads_all_land(farm_url: str) -> None:
     assert len(stores[0].list_devices()) == 60
     for store in stores:
         store.close()
+
+
+def test_three_servers_initialising_one_farm_at_once_migrate_it_once(farm_url: str) -> None:
+    """Three `pvsd farm init` at once on an empty database (the compose farm's first start): the
+    advisory lock lets one migrate and create; the others find the farm and keep it."""
+    results: list[tuple[str, bool]] = []
+    errors: list[BaseException] = []
+    start = threading.Barrier(3)
+
+    def init(index: int) -> None:
+        try:
+            start.wait(10)
+            store, farm, created = init_farm(farm_url, "compose", f"pvs{index}")
+            store.close()
+            results.append((farm.secret, created))
+        except BaseException as error:
+            errors.append(error)
+
+    threads = [threading.Thread(target=init, args=(i,)) for i in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert errors == []
+    assert sorted(created for _, created in results) == [False, False, True]
+    assert len({secret for secret, _ in results}) == 1
+    store = open_store(farm_url, "check")
+    try:
+        assert store.schema_version() == LATEST_VERSION
+        actions = [e.action for e in store.list_audit(limit=100)]
+        assert actions.count("farm.init") == 1 and "farm.upgrade" not in actions
+    finally:
+        store.close()
